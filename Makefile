@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make run    set up, generate a sample log, run the whole pipeline locally, push, report
+#   make test   set up and run the test suite
+PYTHON_VERSION := $(shell cat .python-version)
+# The interpreter .python-version names (pyenv layout), else any python3.10 on the PATH.
+PYTHON ?= $(shell ls $(HOME)/.pyenv/versions/$(PYTHON_VERSION)/bin/python 2>/dev/null || \
+            command -v python3.10 2>/dev/null || echo python3.10)
+VENV := .venv
+BIN := $(VENV)/bin
+export TF_USE_LEGACY_KERAS := 1
+export PYTHONHASHSEED := 0
+
+ROWS ?= 20000
+DAYS ?= 3
+CONFIG ?= schemas/impressions.yaml
+OUTPUT ?= runs/local
+
+.PHONY: setup run test lock clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/lock.txt setup.py
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 10), "Python 3.10 is required (see .python-version), got " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==24.2 uv==0.13.8
+	$(BIN)/uv pip install --python $(BIN)/python -r requirements/lock.txt
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $@
+
+run: setup
+	$(BIN)/mtlp generate-logs --rows $(ROWS) --days $(DAYS) --out data/logs
+	$(BIN)/mtlp run --config $(CONFIG) --output $(OUTPUT)
+
+test: setup
+	$(BIN)/python -m pytest tests -v --durations=15
+
+# Re-resolve the pinned set from requirements/requirements.in.
+lock: setup
+	$(BIN)/uv pip compile --python-version 3.10 --no-header requirements/requirements.in -o requirements/lock.txt
+
+clean:
+	rm -rf data runs serving

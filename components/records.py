@@ -1,0 +1,129 @@
+"""One impression-log record (a JSON line) to one `tf.train.Example`, by the config.
+
+This is the single place that decides how a log field is encoded, so ingestion, tests and
+clients building serving requests all produce the same examples:
+
+- categorical feature -> bytes feature (a string, or an integer written as its decimal string);
+- numeric feature     -> float feature;
+- binary label        -> int64 feature, 0 or 1 (JSON true/false accepted);
+- regression label    -> float feature.
+
+A record that cannot be converted raises `RecordError`, whose `reason` is a short code with
+the field name (e.g. `missing_field:click`); ingestion counts rejected records by that reason.
+Fields the config does not name are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, Mapping, Optional, Union
+
+import tensorflow as tf
+
+from pipeline.config import PipelineConfig
+
+
+class RecordError(ValueError):
+  """A log record that cannot become an example."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(f'{reason}: {detail}')
+    self.reason = reason
+    self.detail = detail
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _categorical(name: str, value: Any) -> tf.train.Feature:
+  if isinstance(value, str):
+    text = value
+  elif isinstance(value, int) and not isinstance(value, bool):
+    text = str(value)
+  else:
+    raise RecordError(f'bad_type:{name}',
+                      f'{name} must be a string or an integer, got {json.dumps(value)}')
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode('utf-8')]))
+
+
+def _finite_float(name: str, value: Any) -> float:
+  if not _is_number(value):
+    raise RecordError(f'bad_type:{name}', f'{name} must be a number, got {json.dumps(value)}')
+  value = float(value)
+  if not math.isfinite(value):
+    raise RecordError(f'non_finite:{name}', f'{name} is {value}')
+  return value
+
+
+def _binary_label(name: str, value: Any) -> tf.train.Feature:
+  if isinstance(value, bool):
+    value = int(value)
+  if not _is_number(value):
+    raise RecordError(f'bad_type:{name}',
+                      f'binary label {name} must be 0 or 1, got {json.dumps(value)}')
+  if value not in (0, 1):
+    raise RecordError(f'label_out_of_range:{name}',
+                      f'binary label {name} must be 0 or 1, got {value}')
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def record_to_example(record: Mapping[str, Any], config: PipelineConfig,
+                      with_labels: bool = True) -> tf.train.Example:
+  """Converts a decoded JSON record; raises RecordError naming the field that is wrong."""
+  if not isinstance(record, Mapping):
+    raise RecordError('not_an_object', f'expected a JSON object, got {type(record).__name__}')
+  features: Dict[str, tf.train.Feature] = {}
+
+  def value_of(name: str) -> Any:
+    if name not in record or record[name] is None:
+      raise RecordError(f'missing_field:{name}', f'required field {name} is missing')
+    return record[name]
+
+  for feature in config.features:
+    value = value_of(feature.name)
+    if feature.type == 'categorical':
+      features[feature.name] = _categorical(feature.name, value)
+    else:
+      features[feature.name] = tf.train.Feature(float_list=tf.train.FloatList(
+          value=[_finite_float(feature.name, value)]))
+  if with_labels:
+    for task in config.tasks:
+      value = value_of(task.label)
+      if task.type == 'binary':
+        features[task.label] = _binary_label(task.label, value)
+      else:
+        features[task.label] = tf.train.Feature(float_list=tf.train.FloatList(
+            value=[_finite_float(task.label, value)]))
+  return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def parse_line(line: Union[bytes, str], config: PipelineConfig) -> tf.train.Example:
+  """Decodes one JSON line and converts it; raises RecordError with the reason."""
+  if isinstance(line, bytes):
+    try:
+      line = line.decode('utf-8')
+    except UnicodeDecodeError as e:
+      raise RecordError('not_utf8', str(e)) from None
+  try:
+    record = json.loads(line)
+  except ValueError as e:  # json.JSONDecodeError is a ValueError
+    raise RecordError('malformed_json', str(e)) from None
+  return record_to_example(record, config)
+
+
+def quarantine_entry(line: Union[bytes, str], source: str, line_number: Optional[int],
+                     error: RecordError) -> Dict[str, Any]:
+  """The JSON-serialisable quarantine record for a rejected line (keeps the raw text)."""
+  if isinstance(line, bytes):
+    raw = line.decode('utf-8', errors='backslashreplace')
+  else:
+    raw = line
+  return {
+      'reason': error.reason,
+      'detail': error.detail,
+      'file': source,
+      'line_number': line_number,
+      'raw': raw.rstrip('\r\n'),
+  }

@@ -1,0 +1,128 @@
+"""`mtlp`: the command line of mtl-pipeline.
+
+    mtlp generate-logs --rows 20000 --days 3 --out data/logs
+    mtlp validate-config --config schemas/impressions.yaml
+    mtlp run --config schemas/impressions.yaml --output runs/impressions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from pipeline.config import ConfigError, load_config
+
+
+def _generate_logs(args: argparse.Namespace) -> int:
+  from pipeline.sample_logs import generate_logs  # pylint: disable=g-import-not-at-top
+  written = generate_logs(args.out, rows=args.rows, days=args.days, seed=args.seed,
+                          start_date=args.start_date, truth_dir=args.truth_out,
+                          compress=not args.no_gzip)
+  print(f'wrote {written["rows"]} impressions in {written["days"]} daily files under '
+        f'{args.out}; ground truth under {written["truth_dir"]}')
+  return 0
+
+
+def _validate_config(args: argparse.Namespace) -> int:
+  config = load_config(args.config)
+  print(f'{args.config}: ok ({len(config.features)} features, tasks: '
+        f'{", ".join(t.name for t in config.tasks)})')
+  return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+  from pipeline import local_runner, run_summary  # pylint: disable=g-import-not-at-top
+  config = load_config(args.config)
+  overrides = {}
+  if args.logs:
+    overrides['data'] = {'input_base': os.path.abspath(args.logs)}
+  if args.push_dir:
+    overrides['serving'] = {'push_dir': os.path.abspath(args.push_dir)}
+  if args.train_steps:
+    overrides['training'] = {'train_steps': args.train_steps}
+  if overrides:
+    config = config.with_overrides(**overrides)
+  print(f'running pipeline {config.name!r} locally; logs from {config.data.input_base}')
+  try:
+    summary = local_runner.run_local(config, args.output, enable_cache=not args.no_cache)
+  except local_runner.PipelineRunError as e:
+    print(run_summary.format_table(e.summary) if e.summary.get('tasks') else '')
+    print(f'\nrun failed: {e.summary.get("error")}\nsummary: {e.summary["summary_path"]}',
+          file=sys.stderr)
+    return 1
+  print()
+  print(run_summary.format_table(summary))
+  print()
+  for name, component in summary['components'].items():
+    print(f'  {name:<24} {component["state"]:<9} {component["wall_seconds"]:>8.1f} s')
+  ingestion = summary.get('ingestion', {})
+  print(f'\ningested {ingestion.get("num_ingested")} records '
+        f'(by split: {json.dumps(ingestion.get("examples_by_split", {}))}), '
+        f'quarantined {ingestion.get("num_quarantined")} '
+        f'{json.dumps(ingestion.get("reasons", {}))}')
+  if summary['blessed']:
+    print(f'model blessed; pushed version {summary["push"].get("version")} to '
+          f'{summary["push"].get("path")}')
+  else:
+    print('model NOT blessed: ' + '; '.join(summary['not_blessed_because']))
+  print(f'summary: {summary["summary_path"]}')
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='mtlp', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--verbose', action='store_true', help='show tracebacks and full logs')
+  sub = parser.add_subparsers(dest='command', required=True)
+
+  gen = sub.add_parser('generate-logs', help='write a seeded sample impression log')
+  gen.add_argument('--rows', type=int, default=20000)
+  gen.add_argument('--days', type=int, default=3)
+  gen.add_argument('--out', default='data/logs', help='log directory (day=YYYY-MM-DD/ inside)')
+  gen.add_argument('--truth-out', default=None,
+                   help='ground-truth directory (default: <out>_truth next to --out)')
+  gen.add_argument('--seed', type=int, default=7)
+  gen.add_argument('--start-date', default='2026-11-01')
+  gen.add_argument('--no-gzip', action='store_true', help='write plain .jsonl files')
+  gen.set_defaults(func=_generate_logs)
+
+  val = sub.add_parser('validate-config', help='check a config file and say what is wrong')
+  val.add_argument('--config', required=True)
+  val.set_defaults(func=_validate_config)
+
+  run = sub.add_parser('run', help='run the whole pipeline locally (Beam DirectRunner)')
+  run.add_argument('--config', required=True)
+  run.add_argument('--output', default='runs/local',
+                   help='run directory: pipeline root, metadata.sqlite, run_summary.json')
+  run.add_argument('--logs', default=None, help='override data.input_base')
+  run.add_argument('--push-dir', default=None, help='override serving.push_dir')
+  run.add_argument('--train-steps', type=int, default=None, help='override training.train_steps')
+  run.add_argument('--no-cache', action='store_true', help='re-run every component')
+  run.set_defaults(func=_run)
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  if not args.verbose:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    logging.getLogger().setLevel(logging.WARNING)
+    # Google client libraries warn at import about Python 3.10 support; TFX 1.16 needs 3.10.
+    warnings.filterwarnings('ignore', category=FutureWarning)
+  try:
+    return args.func(args)
+  except ConfigError as e:
+    if args.verbose:
+      raise
+    print(f'mtlp: config error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

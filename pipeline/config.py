@@ -1,0 +1,401 @@
+"""The pipeline's config: one YAML file lists the features, the tasks and how to train and serve.
+
+The file is parsed and validated once, here. Every error names the key that is wrong and, where
+the key takes one of a fixed set of values, the values allowed. Components receive the parsed
+config as JSON (`PipelineConfig.to_json`) and rebuild it with `PipelineConfig.from_json`;
+nothing else re-derives the feature or task list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import yaml
+
+FEATURE_TYPES = ('categorical', 'numeric')
+NUMERIC_SCALINGS = ('z_score', 'log', 'none')
+TASK_TYPES = ('binary', 'regression')
+MODEL_TYPES = ('shared_bottom',)
+LOSS_WEIGHTINGS = ('uncertainty', 'equal')
+OPTIMIZERS = ('adam', 'sgd', 'adagrad')
+# Metric names are TFMA's; these are the ones each task type computes and may be thresholded on.
+TASK_METRICS = {
+    'binary': ('auc', 'binary_crossentropy', 'calibration', 'mean_prediction', 'mean_label'),
+    'regression': ('root_mean_squared_error', 'mean_absolute_error', 'mean_prediction',
+                   'mean_label'),
+}
+
+
+class ConfigError(ValueError):
+  """A config that cannot be used; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+  name: str
+  type: str
+  # categorical
+  top_k: Optional[int] = None
+  frequency_threshold: int = 0
+  oov_buckets: int = 1
+  embedding_dim: int = 8
+  # numeric
+  scaling: str = 'z_score'
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+  min: Optional[float] = None
+  max: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  name: str
+  label: str
+  type: str
+  head_units: Sequence[int] = (32,)
+  learning_rate: float = 0.003
+  thresholds: Mapping[str, Threshold] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  input_base: str
+  file_pattern: str = '*/*.jsonl*'
+  split_key: str = 'user_id'
+  eval_fraction: float = 0.2
+  max_rejected_fraction: float = 0.01
+  schema: Optional[str] = None  # curated schema (pbtxt); SchemaGen infers one when absent
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  type: str = 'shared_bottom'
+  trunk_units: Sequence[int] = (128, 64)
+  dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+  train_steps: int = 1000
+  eval_steps: int = 50
+  batch_size: int = 256
+  optimizer: str = 'adam'
+  trunk_learning_rate: float = 0.003
+  loss_weights_learning_rate: float = 0.05
+  loss_weighting: str = 'uncertainty'
+  seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+  model_name: str = 'mtl_model'
+  push_dir: str = 'serving'
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  name: str
+  data: DataConfig
+  features: Sequence[FeatureConfig]
+  tasks: Sequence[TaskConfig]
+  model: ModelConfig = ModelConfig()
+  training: TrainingConfig = TrainingConfig()
+  serving: ServingConfig = ServingConfig()
+
+  @property
+  def categorical_features(self) -> List[FeatureConfig]:
+    return [f for f in self.features if f.type == 'categorical']
+
+  @property
+  def numeric_features(self) -> List[FeatureConfig]:
+    return [f for f in self.features if f.type == 'numeric']
+
+  def task(self, name: str) -> TaskConfig:
+    for task in self.tasks:
+      if task.name == name:
+        return task
+    raise KeyError(name)
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'PipelineConfig':
+    return parse_config(json.loads(text))
+
+  def with_overrides(self, **sections: Mapping[str, Any]) -> 'PipelineConfig':
+    """Returns a validated copy with some keys of some sections replaced.
+
+    Example: `config.with_overrides(data={'input_base': 'other/logs'})`.
+    """
+    raw = self.to_dict()
+    for section, values in sections.items():
+      if section not in raw or not isinstance(raw[section], dict):
+        raise ConfigError(f'{section}: not a config section that can be overridden')
+      raw[section].update(values)
+    return parse_config(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing. Each helper takes the dotted path of the value it reads, for error messages.
+
+
+def _require_mapping(value: Any, path: str) -> Mapping[str, Any]:
+  if not isinstance(value, Mapping):
+    raise ConfigError(f'{path}: expected a mapping, got {type(value).__name__}')
+  return value
+
+
+def _check_keys(raw: Mapping[str, Any], path: str, allowed: Sequence[str],
+                required: Sequence[str] = ()) -> None:
+  for key in raw:
+    if key not in allowed:
+      raise ConfigError(f'{path}.{key}: unknown key; allowed keys are {", ".join(allowed)}'
+                        if path else f'{key}: unknown key; allowed keys are '
+                        f'{", ".join(allowed)}')
+  for key in required:
+    if key not in raw or raw[key] is None:
+      raise ConfigError(f'{path}.{key}: required key is missing' if path else
+                        f'{key}: required key is missing')
+
+
+def _choice(value: Any, path: str, allowed: Sequence[str]) -> str:
+  if value not in allowed:
+    raise ConfigError(f'{path}: {value!r} is not one of {", ".join(allowed)}')
+  return value
+
+
+def _number(value: Any, path: str, kind: type = float, minimum: Optional[float] = None,
+            maximum: Optional[float] = None, exclusive_min: bool = False) -> Any:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      kind is int and not float(value).is_integer()):
+    raise ConfigError(f'{path}: expected {"an integer" if kind is int else "a number"}, '
+                      f'got {value!r}')
+  value = kind(value)
+  if minimum is not None and (value <= minimum if exclusive_min else value < minimum):
+    raise ConfigError(f'{path}: {value} must be {">" if exclusive_min else ">="} {minimum}')
+  if maximum is not None and value > maximum:
+    raise ConfigError(f'{path}: {value} must be <= {maximum}')
+  return value
+
+
+def _name(value: Any, path: str) -> str:
+  if not isinstance(value, str) or not value or not value.replace('_', '').isalnum():
+    raise ConfigError(f'{path}: {value!r} must be a non-empty name of letters, digits and _')
+  return value
+
+
+def _units(value: Any, path: str) -> tuple:
+  if not isinstance(value, (list, tuple)) or not value:
+    raise ConfigError(f'{path}: expected a non-empty list of layer sizes, got {value!r}')
+  return tuple(_number(v, f'{path}[{i}]', int, minimum=1) for i, v in enumerate(value))
+
+
+def _section(raw: Mapping[str, Any], key: str, cls: type, parse_field) -> Any:
+  section = _require_mapping(raw.get(key) or {}, key)
+  fields = [f.name for f in dataclasses.fields(cls)]
+  required = [f.name for f in dataclasses.fields(cls)
+              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  _check_keys(section, key, fields, required)
+  return cls(**{k: parse_field(k, v, f'{key}.{k}') for k, v in section.items()})
+
+
+def _parse_feature(raw: Any, path: str) -> FeatureConfig:
+  raw = _require_mapping(raw, path)
+  _check_keys(raw, path, [f.name for f in dataclasses.fields(FeatureConfig)], ['name', 'type'])
+  ftype = _choice(raw['type'], f'{path}.type', FEATURE_TYPES)
+  only_for = {'categorical': ('top_k', 'frequency_threshold', 'oov_buckets', 'embedding_dim'),
+              'numeric': ('scaling',)}
+  defaults = {f.name: f.default for f in dataclasses.fields(FeatureConfig)}
+  for other_type, keys in only_for.items():
+    for key in keys:
+      # A default value is harmless (and is what a round trip through to_dict carries).
+      if other_type != ftype and key in raw and raw[key] != defaults[key]:
+        raise ConfigError(f'{path}.{key}: only applies to {other_type} features, '
+                          f'this one is {ftype}')
+  kwargs: Dict[str, Any] = {'name': _name(raw['name'], f'{path}.name'), 'type': ftype}
+  if raw.get('top_k') is not None:
+    kwargs['top_k'] = _number(raw['top_k'], f'{path}.top_k', int, minimum=1)
+  if 'frequency_threshold' in raw:
+    kwargs['frequency_threshold'] = _number(raw['frequency_threshold'],
+                                            f'{path}.frequency_threshold', int, minimum=0)
+  if 'oov_buckets' in raw:
+    kwargs['oov_buckets'] = _number(raw['oov_buckets'], f'{path}.oov_buckets', int, minimum=1)
+  if 'embedding_dim' in raw:
+    kwargs['embedding_dim'] = _number(raw['embedding_dim'], f'{path}.embedding_dim', int,
+                                      minimum=1)
+  if 'scaling' in raw:
+    kwargs['scaling'] = _choice(raw['scaling'], f'{path}.scaling', NUMERIC_SCALINGS)
+  return FeatureConfig(**kwargs)
+
+
+def _parse_task(raw: Any, path: str) -> TaskConfig:
+  raw = _require_mapping(raw, path)
+  _check_keys(raw, path, [f.name for f in dataclasses.fields(TaskConfig)],
+              ['name', 'label', 'type'])
+  ttype = _choice(raw['type'], f'{path}.type', TASK_TYPES)
+  kwargs: Dict[str, Any] = {
+      'name': _name(raw['name'], f'{path}.name'),
+      'label': _name(raw['label'], f'{path}.label'),
+      'type': ttype,
+  }
+  if 'head_units' in raw:
+    kwargs['head_units'] = _units(raw['head_units'], f'{path}.head_units')
+  if 'learning_rate' in raw:
+    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate',
+                                      minimum=0.0)
+  thresholds = {}
+  for metric, bounds in _require_mapping(raw.get('thresholds') or {},
+                                         f'{path}.thresholds').items():
+    metric_path = f'{path}.thresholds.{metric}'
+    _choice(metric, metric_path + ' (metric)', TASK_METRICS[ttype])
+    bounds = _require_mapping(bounds, metric_path)
+    _check_keys(bounds, metric_path, ['min', 'max'])
+    if not bounds:
+      raise ConfigError(f'{metric_path}: give min, max or both')
+    threshold = Threshold(**{k: _number(v, f'{metric_path}.{k}') for k, v in bounds.items()
+                             if v is not None})
+    if threshold.min is None and threshold.max is None:
+      raise ConfigError(f'{metric_path}: give min, max or both')
+    if threshold.min is not None and threshold.max is not None and threshold.min > threshold.max:
+      raise ConfigError(f'{metric_path}: min {threshold.min} is above max {threshold.max}')
+    thresholds[metric] = threshold
+  kwargs['thresholds'] = thresholds
+  return TaskConfig(**kwargs)
+
+
+def _parse_data_field(key: str, value: Any, path: str) -> Any:
+  if key in ('input_base', 'file_pattern', 'split_key', 'schema'):
+    if value is None and key == 'schema':
+      return None
+    if not isinstance(value, str) or not value:
+      raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
+    return value
+  if key == 'eval_fraction':
+    return _number(value, path, minimum=0.0, maximum=0.9, exclusive_min=True)
+  if key == 'max_rejected_fraction':
+    return _number(value, path, minimum=0.0, maximum=1.0)
+  raise AssertionError(key)
+
+
+def _parse_model_field(key: str, value: Any, path: str) -> Any:
+  if key == 'type':
+    return _choice(value, path, MODEL_TYPES)
+  if key == 'trunk_units':
+    return _units(value, path)
+  if key == 'dropout':
+    return _number(value, path, minimum=0.0, maximum=0.9)
+  raise AssertionError(key)
+
+
+def _parse_training_field(key: str, value: Any, path: str) -> Any:
+  if key in ('train_steps', 'eval_steps', 'batch_size'):
+    return _number(value, path, int, minimum=1)
+  if key == 'seed':
+    return _number(value, path, int, minimum=0)
+  if key == 'optimizer':
+    return _choice(value, path, OPTIMIZERS)
+  if key == 'loss_weighting':
+    return _choice(value, path, LOSS_WEIGHTINGS)
+  if key in ('trunk_learning_rate', 'loss_weights_learning_rate'):
+    return _number(value, path, minimum=0.0)
+  raise AssertionError(key)
+
+
+def _parse_serving_field(key: str, value: Any, path: str) -> Any:
+  if key == 'model_name':
+    return _name(value, path)
+  if key == 'push_dir':
+    if not isinstance(value, str) or not value:
+      raise ConfigError(f'{path}: expected a non-empty path, got {value!r}')
+    return value
+  raise AssertionError(key)
+
+
+def parse_config(raw: Any) -> PipelineConfig:
+  """Validates a config given as plain data (as loaded from YAML or JSON)."""
+  raw = _require_mapping(raw, 'config')
+  _check_keys(raw, '', [f.name for f in dataclasses.fields(PipelineConfig)],
+              ['name', 'data', 'features', 'tasks'])
+  name = raw['name']
+  if not isinstance(name, str) or not name.replace('-', '').replace('_', '').isalnum():
+    raise ConfigError(f'name: {name!r} must be letters, digits, - and _')
+
+  features_raw = raw['features']
+  if not isinstance(features_raw, (list, tuple)) or not features_raw:
+    raise ConfigError('features: expected a non-empty list of features')
+  features = [_parse_feature(f, f'features[{i}]') for i, f in enumerate(features_raw)]
+  tasks_raw = raw['tasks']
+  if not isinstance(tasks_raw, (list, tuple)) or not tasks_raw:
+    raise ConfigError('tasks: expected a non-empty list of tasks')
+  tasks = [_parse_task(t, f'tasks[{i}]') for i, t in enumerate(tasks_raw)]
+
+  seen: Dict[str, str] = {}
+  for i, feature in enumerate(features):
+    if feature.name in seen:
+      raise ConfigError(f'features[{i}].name: {feature.name!r} is listed twice')
+    seen[feature.name] = f'features[{i}]'
+  task_names = set()
+  for i, task in enumerate(tasks):
+    if task.name in task_names:
+      raise ConfigError(f'tasks[{i}].name: task {task.name!r} is listed twice')
+    task_names.add(task.name)
+    if task.label in seen:
+      raise ConfigError(f'tasks[{i}].label: column {task.label!r} is already used by '
+                        f'{seen[task.label]}; a label cannot also be a feature or another '
+                        'task\'s label')
+    seen[task.label] = f'tasks[{i}]'
+
+  data = _section(raw, 'data', DataConfig, _parse_data_field)
+  if data.split_key not in {f.name for f in features}:
+    raise ConfigError(f'data.split_key: {data.split_key!r} is not one of the features '
+                      f'({", ".join(f.name for f in features)})')
+  return PipelineConfig(
+      name=name,
+      data=data,
+      features=tuple(features),
+      tasks=tuple(tasks),
+      model=_section(raw, 'model', ModelConfig, _parse_model_field),
+      training=_section(raw, 'training', TrainingConfig, _parse_training_field),
+      serving=_section(raw, 'serving', ServingConfig, _parse_serving_field),
+  )
+
+
+def _absolute(path: Optional[str], base_dir: str) -> Optional[str]:
+  if path is None or '://' in path or os.path.isabs(path):
+    return path
+  return os.path.normpath(os.path.join(base_dir, path))
+
+
+def load_config(path: str, base_dir: Optional[str] = None) -> PipelineConfig:
+  """Reads and validates a YAML config file.
+
+  Relative paths in it (logs, schema, push directory) are taken relative to `base_dir`,
+  the current directory by default, and returned absolute.
+  """
+  try:
+    with open(path) as f:
+      raw = yaml.safe_load(f)
+  except FileNotFoundError:
+    raise ConfigError(f'config file {path} does not exist') from None
+  except yaml.YAMLError as e:
+    raise ConfigError(f'{path}: not valid YAML: {e}') from None
+  try:
+    config = parse_config(raw)
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}') from None
+  base_dir = base_dir or os.getcwd()
+  data = dataclasses.replace(config.data,
+                             input_base=_absolute(config.data.input_base, base_dir),
+                             schema=_absolute(config.data.schema, base_dir))
+  serving = dataclasses.replace(config.serving,
+                                push_dir=_absolute(config.serving.push_dir, base_dir))
+  return dataclasses.replace(config, data=data, serving=serving)

@@ -1,0 +1,129 @@
+"""`create_pipeline(config, ...)`: the one TFX pipeline definition both orchestrators run.
+
+A pure function: it builds components from the config and returns a `tfx.dsl.Pipeline`, with
+no I/O. Runner-specific choices (metadata store, Beam arguments, pipeline root) come in as
+arguments. The graph uses no Resolver node (open-source Kubeflow Pipelines v2 does not run
+them).
+
+    LogExampleGen -> StatisticsGen -> ImportSchemaGen | SchemaGen -> StrictExampleValidator
+                  -> Transform (after validation) -> Trainer -> Evaluator -> Pusher
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from ml_metadata.proto import metadata_store_pb2
+
+from components.log_example_gen import LogExampleGen
+from components.strict_example_validator import StrictExampleValidator
+from pipeline.config import TASK_METRICS, PipelineConfig, TaskConfig
+from trainer.preprocessing import CONFIG_KEY
+
+PREPROCESSING_FN = 'trainer.preprocessing.preprocessing_fn'
+RUN_FN = 'trainer.run.run_fn'
+SERVING_SIGNATURE = 'serving_default'
+TRANSFORM_SIGNATURE = 'transform_features'
+
+# Config metric name (TFMA's metric name) -> TFMA metric class.
+METRIC_CLASSES = {
+    'auc': 'AUC',
+    'binary_crossentropy': 'BinaryCrossentropy',
+    'calibration': 'Calibration',
+    'mean_prediction': 'MeanPrediction',
+    'mean_label': 'MeanLabel',
+    'root_mean_squared_error': 'RootMeanSquaredError',
+    'mean_absolute_error': 'MeanAbsoluteError',
+}
+
+
+def _metric_config(name: str, task: TaskConfig) -> tfma.MetricConfig:
+  metric = tfma.MetricConfig(class_name=METRIC_CLASSES[name])
+  bounds = task.thresholds.get(name)
+  if bounds is not None:
+    value_threshold = tfma.GenericValueThreshold()
+    if bounds.min is not None:
+      value_threshold.lower_bound.value = bounds.min
+    if bounds.max is not None:
+      value_threshold.upper_bound.value = bounds.max
+    metric.threshold.CopyFrom(tfma.MetricThreshold(value_threshold=value_threshold))
+  return metric
+
+
+def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+  """One MetricsSpec per task output, with that task's thresholds; every output has a label."""
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(
+          signature_name=SERVING_SIGNATURE,
+          label_keys={t.name: t.label for t in config.tasks},
+          preprocessing_function_names=[TRANSFORM_SIGNATURE])],
+      slicing_specs=[tfma.SlicingSpec()],
+      metrics_specs=[
+          tfma.MetricsSpec(
+              output_names=[task.name],
+              metrics=[tfma.MetricConfig(class_name='ExampleCount')] +
+              [_metric_config(name, task) for name in TASK_METRICS[task.type]])
+          for task in config.tasks
+      ])
+
+
+def push_base_directory(config: PipelineConfig) -> str:
+  """TF Serving's model base path: versions go in numbered directories below it."""
+  return os.path.join(config.serving.push_dir, config.serving.model_name)
+
+
+def create_pipeline(
+    config: PipelineConfig,
+    pipeline_root: str,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    beam_pipeline_args: Optional[List[str]] = None,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+  """Builds the multi-task training pipeline from a validated config."""
+  config_json = config.to_json()
+  example_gen = LogExampleGen(input_base=config.data.input_base, config=config)
+  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
+  if config.data.schema:
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.data.schema)
+  else:
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'],
+                                          infer_feature_shape=True)
+  example_validator = StrictExampleValidator(statistics=statistics_gen.outputs['statistics'],
+                                             schema=schema_gen.outputs['schema'])
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs['examples'],
+      schema=schema_gen.outputs['schema'],
+      preprocessing_fn=PREPROCESSING_FN,
+      custom_config={CONFIG_KEY: config_json})
+  # Transform does not read the anomalies, but must not start on data that failed validation.
+  transform.add_upstream_node(example_validator)
+  trainer = tfx.components.Trainer(
+      run_fn=RUN_FN,
+      examples=transform.outputs['transformed_examples'],
+      transform_graph=transform.outputs['transform_graph'],
+      schema=schema_gen.outputs['schema'],
+      train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
+      eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+      custom_config={CONFIG_KEY: config_json})
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs['examples'],
+      model=trainer.outputs['model'],
+      eval_config=build_eval_config(config))
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs['model'],
+      model_blessing=evaluator.outputs['blessing'],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=push_base_directory(config))))
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.name,
+      pipeline_root=pipeline_root,
+      components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
+                  trainer, evaluator, pusher],
+      enable_cache=enable_cache,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=beam_pipeline_args or [])

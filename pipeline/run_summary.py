@@ -1,0 +1,221 @@
+"""`run_summary.json`: what one pipeline run did, read back from ML Metadata and its artifacts.
+
+Per task: eval metrics (TFMA's names), thresholds and whether each passed, the learned sigma and
+effective loss weight. Also whether the model was blessed (and which thresholds failed), the
+pushed version and path, ingestion counts with quarantined records by reason, and the wall
+seconds of each component.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tfx.components.statistics_gen import stats_artifact_utils
+from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
+
+from components.log_example_gen import read_counts
+from pipeline.config import PipelineConfig
+from trainer.run import TRAINING_SUMMARY_FILE
+
+SUMMARY_FILE = 'run_summary.json'
+_STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+
+
+def _latest_run_context(store: metadata_store.MetadataStore, pipeline_name: str
+                        ) -> metadata_store_pb2.Context:
+  pipeline_contexts = store.get_contexts_by_type('pipeline')
+  pipeline_ids = {c.id for c in pipeline_contexts if c.name == pipeline_name}
+  runs = []
+  for run in store.get_contexts_by_type('pipeline_run'):
+    parents = store.get_parent_contexts_by_context(run.id)
+    if not parents or any(p.id in pipeline_ids for p in parents):
+      runs.append(run)
+  if not runs:
+    raise RuntimeError(f'no run of pipeline {pipeline_name!r} in ML Metadata')
+  return max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+
+
+def read_run(store: metadata_store.MetadataStore, pipeline_name: str) -> Dict[str, Any]:
+  """{node id: {'state', 'seconds', 'outputs': {key: [artifact]}}} of the latest run."""
+  run = _latest_run_context(store, pipeline_name)
+  executions = store.get_executions_by_context(run.id)
+  node_of: Dict[int, str] = {}
+  for node in store.get_contexts_by_type('node'):
+    for execution in store.get_executions_by_context(node.id):
+      node_of[execution.id] = node.name.split('.', 1)[-1]
+  result: Dict[str, Any] = {'run_id': run.name, 'nodes': {}}
+  for execution in executions:
+    events = store.get_events_by_execution_ids([execution.id])
+    outputs: Dict[str, List[int]] = {}
+    for event in events:
+      if event.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT):
+        key = event.path.steps[0].key if event.path.steps else ''
+        outputs.setdefault(key, []).append(event.artifact_id)
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(
+        [i for ids in outputs.values() for i in ids])}
+    result['nodes'][node_of.get(execution.id, str(execution.id))] = {
+        'state': _STATE_NAMES.get(execution.last_known_state, 'UNKNOWN'),
+        'seconds': round((execution.last_update_time_since_epoch -
+                          execution.create_time_since_epoch) / 1000.0, 2),
+        'outputs': {k: [artifacts[i] for i in ids] for k, ids in outputs.items()},
+    }
+  return result
+
+
+def _custom(artifact: metadata_store_pb2.Artifact, key: str) -> Any:
+  if key not in artifact.custom_properties:
+    return None
+  value = artifact.custom_properties[key]
+  kind = value.WhichOneof('value')
+  if kind == 'struct_value':
+    from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+    return json_format.MessageToDict(value.struct_value)
+  return getattr(value, kind)
+
+
+def _output(node: Optional[Dict[str, Any]], key: str) -> Optional[metadata_store_pb2.Artifact]:
+  if not node or not node['outputs'].get(key):
+    return None
+  return node['outputs'][key][0]
+
+
+def _split_counts(statistics: metadata_store_pb2.Artifact) -> Dict[str, int]:
+  artifact = standard_artifacts.ExampleStatistics()
+  artifact.set_mlmd_artifact(statistics)
+  counts = {}
+  for split in artifact_utils.decode_split_names(artifact.split_names):
+    stats = stats_artifact_utils.load_statistics(artifact, split).proto()
+    counts[split] = int(stats.datasets[0].num_examples) if stats.datasets else 0
+  return counts
+
+
+def _eval_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+  """{output name: {metric name: value}} on the overall slice."""
+  metrics: Dict[str, Dict[str, float]] = {}
+  for per_slice in tfma.load_metrics(evaluation_uri):
+    if per_slice.slice_key.single_slice_keys:
+      continue
+    for kv in per_slice.metric_keys_and_values:
+      if kv.value.HasField('double_value'):
+        metrics.setdefault(kv.key.output_name, {})[kv.key.name] = kv.value.double_value.value
+  return metrics
+
+
+def _failed_thresholds(evaluation_uri: str) -> List[Dict[str, Any]]:
+  result = tfma.load_validation_result(evaluation_uri)
+  failures = []
+  for per_slice in result.metric_validations_per_slice:
+    for failure in per_slice.failures:
+      failures.append({'task': failure.metric_key.output_name,
+                       'metric': failure.metric_key.name,
+                       'value': failure.metric_value.double_value.value,
+                       'message': failure.message})
+  return failures
+
+
+def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -> Dict[str, Any]:
+  """Reads the latest run of the config's pipeline and assembles the run summary."""
+  run = read_run(store, config.name)
+  nodes = run['nodes']
+  summary: Dict[str, Any] = {
+      'pipeline': config.name,
+      'run_id': run['run_id'],
+      'components': {name: {'state': n['state'], 'wall_seconds': n['seconds']}
+                     for name, n in nodes.items()},
+  }
+
+  quarantine = _output(nodes.get('LogExampleGen'), 'quarantine')
+  if quarantine is not None:
+    counts = read_counts(quarantine.uri)
+    summary['ingestion'] = dict(counts, quarantine_uri=quarantine.uri)
+  statistics = _output(nodes.get('StatisticsGen'), 'statistics')
+  if statistics is not None:
+    summary.setdefault('ingestion', {})['examples_by_split'] = _split_counts(statistics)
+
+  training: Dict[str, Any] = {}
+  model_run = _output(nodes.get('Trainer'), 'model_run')
+  if model_run is not None:
+    path = os.path.join(model_run.uri, TRAINING_SUMMARY_FILE)
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        training = json.load(f)
+
+  evaluation = _output(nodes.get('Evaluator'), 'evaluation')
+  metrics = _eval_metrics(evaluation.uri) if evaluation is not None else {}
+  failures = _failed_thresholds(evaluation.uri) if evaluation is not None else []
+  blessing = _output(nodes.get('Evaluator'), 'blessing')
+  blessed = bool(_custom(blessing, 'blessed')) if blessing is not None else False
+
+  tasks = {}
+  for task in config.tasks:
+    task_failures = {f['metric']: f for f in failures if f['task'] == task.name}
+    learned = training.get('tasks', {}).get(task.name, {})
+    tasks[task.name] = {
+        'type': task.type,
+        'label': task.label,
+        'metrics': metrics.get(task.name, {}),
+        'thresholds': {
+            name: {'min': bound.min, 'max': bound.max,
+                   'value': metrics.get(task.name, {}).get(name),
+                   'passed': name not in task_failures and
+                             metrics.get(task.name, {}).get(name) is not None}
+            for name, bound in task.thresholds.items()},
+        'sigma': learned.get('sigma'),
+        'loss_weight': learned.get('loss_weight'),
+        'sigma_by_epoch': learned.get('sigma_by_epoch', []),
+        'loss_weight_by_epoch': learned.get('loss_weight_by_epoch', []),
+    }
+  summary['tasks'] = tasks
+  summary['blessed'] = blessed
+  summary['not_blessed_because'] = [
+      f'{f["task"]}: {f["metric"]} = {f["value"]:.4f} failed its threshold'
+      for f in failures] if not blessed else []
+  if evaluation is None:
+    summary['not_blessed_because'] = ['the Evaluator did not run']
+
+  pushed = _output(nodes.get('Pusher'), 'pushed_model')
+  summary['push'] = {'pushed': False}
+  if pushed is not None and _custom(pushed, 'pushed'):
+    summary['push'] = {'pushed': True,
+                       'version': _custom(pushed, 'pushed_version'),
+                       'path': _custom(pushed, 'pushed_destination')}
+  summary['total_wall_seconds'] = round(sum(n['seconds'] for n in nodes.values()), 2)
+  return summary
+
+
+def format_table(summary: Dict[str, Any]) -> str:
+  """The per-task table printed at the end of a run."""
+  lines = [f'{"task":<12} {"metric":<26} {"value":>10} {"threshold":>16}  passed',
+           '-' * 74]
+  for task_name, task in summary['tasks'].items():
+    shown = set()
+    for metric, t in task['thresholds'].items():
+      bound = ' '.join(p for p in (f'>={t["min"]:g}' if t['min'] is not None else '',
+                                   f'<={t["max"]:g}' if t['max'] is not None else '') if p)
+      value = t['value']
+      lines.append(f'{task_name:<12} {metric:<26} '
+                   f'{(f"{value:.4f}" if value is not None else "n/a"):>10} {bound:>16}  '
+                   f'{"yes" if t["passed"] else "NO"}')
+      shown.add(metric)
+    for metric in ('auc', 'root_mean_squared_error'):
+      if metric in task['metrics'] and metric not in shown:
+        lines.append(f'{task_name:<12} {metric:<26} {task["metrics"][metric]:>10.4f} '
+                     f'{"-":>16}  -')
+    if task.get('sigma') is not None:
+      lines.append(f'{task_name:<12} {"learned sigma / weight":<26} {task["sigma"]:>10.4f} '
+                   f'{"weight " + format(task["loss_weight"], ".4f"):>16}')
+  return '\n'.join(lines)
+
+
+def write_summary(summary: Dict[str, Any], output_dir: str) -> str:
+  path = os.path.join(output_dir, SUMMARY_FILE)
+  with open(path, 'w') as f:
+    json.dump(summary, f, indent=2, sort_keys=True, default=str)
+  return path

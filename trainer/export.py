@@ -1,0 +1,70 @@
+"""Serving signatures of the exported SavedModel.
+
+- `serving_default`: a batch of serialized `tf.Example` holding raw log features (no labels)
+  -> one output per task, named by the task, each of shape [batch, 1]. The tf.Transform graph
+  (vocabularies as assets, scaling constants) runs inside the signature. A feature the
+  request omits gets a default ('' for categorical, which maps to an OOV bucket; 0 for numeric).
+- `transform_features`: serialized examples with every raw column -> transformed features;
+  TFMA uses it as the model's preprocessing function.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipeline.config import PipelineConfig
+
+
+def serving_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTransformOutput
+                         ) -> Dict[str, tf.io.FixedLenFeature]:
+  """Parse spec of the raw features a serving request carries, with defaults for omissions."""
+  raw_spec = tf_transform_output.raw_feature_spec()
+  spec = {}
+  for feature in config.features:
+    raw = raw_spec[feature.name]
+    shape = list(raw.shape) if isinstance(raw, tf.io.FixedLenFeature) else []
+    default = '' if raw.dtype == tf.string else 0
+    size = 1
+    for dim in shape:
+      size *= dim
+    spec[feature.name] = tf.io.FixedLenFeature(
+        shape, raw.dtype, default_value=[default] * size if shape else default)
+  return spec
+
+
+def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
+                            tf_transform_output: tft.TFTransformOutput):
+  """Returns {'serving_default': ..., 'transform_features': ...} concrete-able tf.functions."""
+  # Tracked on the model so the transform graph and its assets are saved with it.
+  network.tft_layer = tf_transform_output.transform_features_layer()
+  feature_names = [f.name for f in config.features]
+  task_names = [t.name for t in config.tasks]
+  serving_spec = serving_feature_spec(config, tf_transform_output)
+
+  @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
+  def serve_tf_examples_fn(serialized_examples):
+    raw_features = tf.io.parse_example(serialized_examples, serving_spec)
+    transformed = network.tft_layer(raw_features)
+    outputs = network({name: transformed[name] for name in feature_names}, training=False)
+    return {name: outputs[name] for name in task_names}
+
+  @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
+  def transform_features_fn(serialized_examples):
+    raw_features = tf.io.parse_example(serialized_examples,
+                                       tf_transform_output.raw_feature_spec())
+    return network.tft_layer(raw_features)
+
+  return {
+      'serving_default': serve_tf_examples_fn.get_concrete_function(),
+      'transform_features': transform_features_fn.get_concrete_function(),
+  }
+
+
+def export_serving_model(network: tf.keras.Model, config: PipelineConfig,
+                         tf_transform_output: tft.TFTransformOutput, export_dir: str) -> None:
+  """Writes the SavedModel that TFMA evaluates and TF Serving loads."""
+  signatures = make_serving_signatures(network, config, tf_transform_output)
+  network.save(export_dir, save_format='tf', signatures=signatures)

@@ -1,0 +1,92 @@
+"""Per-task losses and how they are combined into one training loss.
+
+Uncertainty weighting follows Kendall, Gal & Cipolla (CVPR 2018), with one learned
+`s_t = log sigma_t^2` per task:
+
+    regression:      0.5 * exp(-s) * L + 0.5 * s     (from 1/(2 sigma^2) L + log sigma)
+    classification:  exp(-s) * L + 0.5 * s           (from 1/sigma^2 L + log sigma)
+
+At the optimum of s the gradient vanishes: exp(-s) * L = 1 for regression and 0.5 for
+classification, so a task whose loss is on a larger scale gets a proportionally smaller weight.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Sequence, Tuple
+
+import tensorflow as tf
+
+from pipeline.config import TaskConfig
+
+
+def task_loss(task_type: str, labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
+  """Mean binary cross-entropy (binary) or mean squared error (regression) over the batch."""
+  labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
+  predictions = tf.reshape(tf.cast(predictions, tf.float32), [-1])
+  if task_type == 'binary':
+    return tf.reduce_mean(tf.keras.losses.binary_crossentropy(
+        labels[:, tf.newaxis], predictions[:, tf.newaxis]))
+  return tf.reduce_mean(tf.square(labels - predictions))
+
+
+def uncertainty_loss(task_type: str, loss: tf.Tensor, log_variance: tf.Tensor) -> tf.Tensor:
+  """Kendall et al.'s uncertainty-weighted term for one task (see the module docstring)."""
+  precision = tf.exp(-log_variance)
+  if task_type == 'regression':
+    return 0.5 * precision * loss + 0.5 * log_variance
+  return precision * loss + 0.5 * log_variance
+
+
+def uncertainty_weight(task_type: str, log_variance: tf.Tensor) -> tf.Tensor:
+  """The effective weight multiplying the task's loss under uncertainty weighting."""
+  precision = tf.exp(-log_variance)
+  return 0.5 * precision if task_type == 'regression' else precision
+
+
+class LossWeighting(tf.keras.layers.Layer):
+  """Combines per-task losses into one; owns the learned log-variances when there are any.
+
+  `weighting='uncertainty'` learns one `log_variance` per task (initialised at 0, sigma = 1);
+  `weighting='equal'` sums the task losses.
+  """
+
+  def __init__(self, task_names: Sequence[str], task_types: Sequence[str],
+               weighting: str = 'uncertainty', **kwargs):
+    super().__init__(**kwargs)
+    self.task_names = list(task_names)
+    self.task_types = list(task_types)
+    self.weighting = weighting
+    self.log_variances: Dict[str, tf.Variable] = {}
+    if weighting == 'uncertainty':
+      for name in self.task_names:
+        self.log_variances[name] = self.add_weight(
+            name=f'{name}_log_variance', shape=(), initializer='zeros', trainable=True)
+
+  def call(self, task_losses: Mapping[str, tf.Tensor]
+           ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """Returns (total loss, {task: effective weight})."""
+    total = tf.constant(0.0)
+    weights = {}
+    for name, task_type in zip(self.task_names, self.task_types):
+      if self.weighting == 'uncertainty':
+        s = self.log_variances[name]
+        total += uncertainty_loss(task_type, task_losses[name], s)
+        weights[name] = uncertainty_weight(task_type, s)
+      else:
+        total += task_losses[name]
+        weights[name] = tf.constant(1.0)
+    return total, weights
+
+  def sigmas(self) -> Dict[str, tf.Tensor]:
+    """sigma_t = exp(s_t / 2) per task (1 for tasks without a learned variance)."""
+    return {name: (tf.exp(0.5 * self.log_variances[name]) if name in self.log_variances
+                   else tf.constant(1.0)) for name in self.task_names}
+
+  def get_config(self):
+    return dict(super().get_config(), task_names=self.task_names,
+                task_types=self.task_types, weighting=self.weighting)
+
+  @classmethod
+  def for_tasks(cls, tasks: Sequence[TaskConfig], weighting: str) -> 'LossWeighting':
+    return cls([t.name for t in tasks], [t.type for t in tasks], weighting,
+               name='loss_weighting')

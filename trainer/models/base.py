@@ -1,0 +1,75 @@
+"""What every multi-task architecture returns, and the shared input layer.
+
+An architecture is a function `build(config, cardinalities, label_means) -> MultiTaskNetwork`:
+a Keras functional model from the transformed features (a dict, one rank-1 tensor per
+feature) to a dict of outputs named by task, plus which layers form the shared trunk and which
+form each task's head. The groups drive the optimizers, so they are declared where the layers
+are made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import tensorflow as tf
+
+from pipeline.config import PipelineConfig, TaskConfig
+
+TRUNK_GROUP = 'trunk'
+
+
+@dataclasses.dataclass
+class MultiTaskNetwork:
+  model: tf.keras.Model
+  # {'trunk': [...], <task name>: [...]}: layers whose trainable variables each group owns.
+  groups: Dict[str, List[tf.keras.layers.Layer]]
+
+
+def feature_inputs(config: PipelineConfig) -> Dict[str, tf.keras.Input]:
+  """One Keras input per feature: int64 ids for categorical, float32 for numeric."""
+  return {
+      f.name: tf.keras.Input(shape=(), name=f.name,
+                             dtype=tf.int64 if f.type == 'categorical' else tf.float32)
+      for f in config.features
+  }
+
+
+def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
+                 cardinalities: Mapping[str, int]
+                 ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
+  """Concatenates one embedding per categorical feature and the numeric features.
+
+  Returns the concatenated tensor and the embedding layers (they belong to the trunk group).
+  """
+  parts, layers = [], []
+  for feature in config.features:
+    if feature.type == 'categorical':
+      embedding = tf.keras.layers.Embedding(cardinalities[feature.name], feature.embedding_dim,
+                                            name=f'{feature.name}_embedding')
+      layers.append(embedding)
+      parts.append(embedding(inputs[feature.name]))
+    else:
+      parts.append(tf.keras.layers.Reshape((1,), name=f'{feature.name}_column')(
+          inputs[feature.name]))
+  return tf.keras.layers.Concatenate(name='features')(parts), layers
+
+
+def task_head(task: TaskConfig, x: tf.Tensor, label_mean: Optional[float] = None
+              ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
+  """A task's tower: dense layers, then one unit (sigmoid for binary, linear for regression).
+
+  A regression output starts at the label's mean so the first steps are not spent learning
+  the offset. The output layer is named by the task.
+  """
+  layers = []
+  for i, units in enumerate(task.head_units):
+    dense = tf.keras.layers.Dense(units, activation='relu', name=f'{task.name}_head_dense_{i}')
+    layers.append(dense)
+    x = dense(x)
+  bias = tf.keras.initializers.Constant(label_mean) if (
+      task.type == 'regression' and label_mean is not None) else 'zeros'
+  output = tf.keras.layers.Dense(1, activation='sigmoid' if task.type == 'binary' else None,
+                                 bias_initializer=bias, name=task.name)
+  layers.append(output)
+  return output(x), layers

@@ -1,0 +1,80 @@
+"""tf.Transform preprocessing built from the pipeline config.
+
+- categorical feature -> integer id from `tft.compute_and_apply_vocabulary` (top_k,
+  frequency_threshold, OOV buckets from the config); ids >= vocabulary size are OOV buckets.
+  The vocabulary files become assets of the exported model.
+- numeric feature -> z-score, or z-score of log1p(max(x, 0)) (`log`), or passed as float.
+- labels -> float32, unchanged in value (binary 0/1, regression in its own units), so the
+  losses and TFMA see the same label.
+
+Transform calls `preprocessing_fn(inputs, custom_config)` with
+`custom_config = {'pipeline_config': <config JSON>}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipeline.config import FeatureConfig, PipelineConfig
+
+CONFIG_KEY = 'pipeline_config'
+
+
+def vocabulary_name(feature_name: str) -> str:
+  """The vocabulary file name of a categorical feature (an asset of the served model)."""
+  return f'vocab_{feature_name}'
+
+
+def _dense(tensor: tf.Tensor) -> tf.Tensor:
+  """Rank-1 dense values; the schema makes every feature a single required value."""
+  if isinstance(tensor, tf.SparseTensor):
+    tensor = tf.sparse.to_dense(tensor)
+  return tf.reshape(tensor, [-1])
+
+
+def transform_categorical(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
+  values = _dense(values)
+  if values.dtype != tf.string:
+    values = tf.strings.as_string(values)
+  return tft.compute_and_apply_vocabulary(
+      values,
+      top_k=feature.top_k,
+      frequency_threshold=feature.frequency_threshold or None,
+      num_oov_buckets=feature.oov_buckets,
+      vocab_filename=vocabulary_name(feature.name))
+
+
+def transform_numeric(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
+  values = tf.cast(_dense(values), tf.float32)
+  if feature.scaling == 'log':
+    return tft.scale_to_z_score(tf.math.log1p(tf.maximum(values, 0.0)))
+  if feature.scaling == 'z_score':
+    return tft.scale_to_z_score(values)
+  return values
+
+
+def build_preprocessing_fn(config: PipelineConfig):
+  """Returns a preprocessing_fn for this config (for tests and direct tf.Transform use)."""
+
+  def preprocessing_fn(inputs: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    outputs = {}
+    for feature in config.features:
+      if feature.type == 'categorical':
+        outputs[feature.name] = transform_categorical(inputs[feature.name], feature)
+      else:
+        outputs[feature.name] = transform_numeric(inputs[feature.name], feature)
+    for task in config.tasks:
+      outputs[task.label] = tf.cast(_dense(inputs[task.label]), tf.float32)
+    return outputs
+
+  return preprocessing_fn
+
+
+def preprocessing_fn(inputs: Mapping[str, tf.Tensor],
+                     custom_config: Mapping[str, Any]) -> Dict[str, tf.Tensor]:
+  """The entry point TFX's Transform calls (by dotted path)."""
+  config = PipelineConfig.from_json(custom_config[CONFIG_KEY])
+  return build_preprocessing_fn(config)(inputs)
