@@ -197,7 +197,19 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
           f'{counts["num_quarantined"]} of {total} log records ({rejected:.2%}) were rejected, '
           f'above data.max_rejected_fraction={config.data.max_rejected_fraction:.2%}. '
           f'Top reasons: {", ".join(f"{r} ({n})" for r, n in top)}. '
-          f'Quarantined records: {quarantine.uri}')
+          f'Quarantined records: {_preserve(quarantine.uri)}')
+
+
+def _preserve(quarantine_uri: str) -> str:
+  """Copies the quarantine out of the artifact directory, which TFX deletes when the
+  execution fails: `<node dir>/quarantine/<id>` -> `<node dir>/rejected/<id>`."""
+  uri = quarantine_uri.rstrip('/')
+  target = os.path.join(os.path.dirname(os.path.dirname(uri)), 'rejected', os.path.basename(uri))
+  tf.io.gfile.makedirs(target)
+  for name in tf.io.gfile.listdir(quarantine_uri):
+    tf.io.gfile.copy(os.path.join(quarantine_uri, name), os.path.join(target, name),
+                     overwrite=True)
+  return target
 
 
 class LogExampleGen(FileBasedExampleGen):

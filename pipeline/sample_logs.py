@@ -97,8 +97,8 @@ def draw_day(world: World, rows: int, day: datetime.date, rng: np.random.Generat
                  _DEVICE_CLICK_EFFECT[devices] + 0.3 * np.sin(2 * np.pi * (hours - 14) / 24) -
                  0.12 * (positions - 1) + 1.5 * affinity)
   p_click = _sigmoid(click_logit)
-  cvr_logit = (-0.8 + 1.2 * np.sum(world.user_factors[users] * world.item_cvr_factors[items],
-                                   axis=1) - 0.5 * (np.log(world.item_price[items]) - 3.0))
+  cvr_logit = (-0.3 + 1.2 * np.sum(world.user_factors[users] * world.item_cvr_factors[items],
+                                   axis=1) - 0.9 * (np.log(world.item_price[items]) - 3.0))
   p_cvr = _sigmoid(cvr_logit)
   dwell_log_mean = world.item_dwell_log_mean[items] + 0.2 * (devices == 2)
   expected_dwell_given_click = np.exp(dwell_log_mean + _DWELL_SIGMA ** 2 / 2)

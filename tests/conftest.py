@@ -1,0 +1,64 @@
+"""Shared fixtures. One small end-to-end pipeline run serves every test that inspects a run."""
+
+import os
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import dataclasses  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pipeline.config import PipelineConfig, Threshold, load_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_CONFIG = os.path.join(REPO, 'schemas', 'impressions.yaml')
+
+# Lines that ingestion must quarantine (reason expected), mixed into the end-to-end log.
+BAD_LINES = [
+    (b'{"user_id": "u1", "item_id": "i1"', 'malformed_json'),
+    (b'{"user_id": "u00001", "user_segment": "s1", "item_id": "i00001", "item_category": "c01",'
+     b' "item_price": 10.0, "device": "ios", "hour": 3, "position": 2, "conversion": 0,'
+     b' "dwell_seconds": 0.0}', 'missing_field:click'),
+    (b'{"user_id": "u00002", "user_segment": "s1", "item_id": "i00001", "item_category": "c01",'
+     b' "item_price": 10.0, "device": "ios", "hour": 3, "position": 2, "click": "yes",'
+     b' "conversion": 0, "dwell_seconds": 0.0}', 'bad_type:click'),
+]
+
+
+def sample_config(**sections) -> PipelineConfig:
+  """The shipped sample config, with some sections' keys replaced."""
+  config = load_config(SAMPLE_CONFIG, base_dir=REPO)
+  return config.with_overrides(**sections) if sections else config
+
+
+@pytest.fixture(scope='session')
+def sample_config_obj() -> PipelineConfig:
+  return sample_config()
+
+
+@pytest.fixture(scope='session')
+def e2e_run(tmp_path_factory):
+  """Generates a small log (plus a few bad lines), runs the whole pipeline once, locally."""
+  from pipeline.local_runner import run_local  # pylint: disable=g-import-not-at-top
+  from pipeline.sample_logs import generate_logs  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('e2e')
+  logs = root / 'logs'
+  written = generate_logs(str(logs), rows=8000, days=2, seed=11)
+  bad_dir = logs / 'day=2026-11-03'
+  bad_dir.mkdir()
+  with gzip.open(bad_dir / 'impressions.jsonl.gz', 'wb') as f:
+    f.write(b'\n'.join(line for line, _ in BAD_LINES) + b'\n')
+  config = sample_config(
+      data={'input_base': str(logs)},
+      serving={'push_dir': str(root / 'serving')},
+      training={'train_steps': 120, 'eval_steps': 40})
+  # Small data: bless on "clearly better than chance" rather than the production thresholds.
+  tasks = tuple(dataclasses.replace(t, thresholds={'auc': Threshold(min=0.55)})
+                if t.type == 'binary' else t for t in config.tasks)
+  config = dataclasses.replace(config, tasks=tasks)
+  summary = run_local(config, str(root / 'run'))
+  return {'config': config, 'summary': summary, 'root': root, 'run_dir': root / 'run',
+          'truth_dir': written['truth_dir'], 'logs': logs}

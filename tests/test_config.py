@@ -1,0 +1,79 @@
+"""Config: the sample loads; each kind of mistake names the key and what is allowed."""
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import SAMPLE_CONFIG
+from pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
+
+
+@pytest.fixture()
+def raw():
+  with open(SAMPLE_CONFIG) as f:
+    return yaml.safe_load(f)
+
+
+def test_sample_config_loads_and_round_trips(raw):
+  config = load_config(SAMPLE_CONFIG)
+  assert [t.name for t in config.tasks] == ['click', 'conversion', 'dwell']
+  assert config.task('dwell').type == 'regression'
+  assert config.task('click').thresholds['auc'].min == 0.6
+  assert {f.name for f in config.categorical_features} >= {'user_id', 'item_id', 'device'}
+  assert config.data.input_base.startswith('/')  # relative paths resolved
+  assert PipelineConfig.from_json(config.to_json()) == config
+  assert config.with_overrides(training={'train_steps': 7}).training.train_steps == 7
+
+
+def _error(raw) -> str:
+  with pytest.raises(ConfigError) as e:
+    parse_config(raw)
+  return str(e.value)
+
+
+@pytest.mark.parametrize('mutate, expected', [
+    (lambda r: r['tasks'][1].update(type='binry'),
+     "tasks[1].type: 'binry' is not one of binary, regression"),
+    (lambda r: r['features'][0].update(type='text'),
+     "features[0].type: 'text' is not one of categorical, numeric"),
+    (lambda r: r['features'][6].update(scaling='minmax'),
+     "features[6].scaling: 'minmax' is not one of z_score, log, none"),
+    (lambda r: r['model'].update(type='transformer'),
+     "model.type: 'transformer' is not one of shared_bottom"),
+    (lambda r: r['training'].update(batch_size=0), 'training.batch_size: 0 must be >= 1'),
+    (lambda r: r['training'].update(train_steps='many'),
+     "training.train_steps: expected an integer, got 'many'"),
+    (lambda r: r['training'].update(learning_rate=0.1),
+     'training.learning_rate: unknown key; allowed keys are'),
+    (lambda r: r['data'].update(eval_fraction=0), 'data.eval_fraction: 0.0 must be > 0.0'),
+    (lambda r: r['data'].update(split_key='session_id'),
+     "data.split_key: 'session_id' is not one of the features"),
+    (lambda r: r['data'].pop('input_base'), 'data.input_base: required key is missing'),
+    (lambda r: r['tasks'][0].pop('label'), 'tasks[0].label: required key is missing'),
+    (lambda r: r['tasks'][0]['thresholds'].update(rmse={'max': 1}),
+     "tasks[0].thresholds.rmse (metric): 'rmse' is not one of auc, binary_crossentropy"),
+    (lambda r: r['tasks'][0]['thresholds'].update(auc={'min': 0.9, 'max': 0.1}),
+     'tasks[0].thresholds.auc: min 0.9 is above max 0.1'),
+    (lambda r: r['tasks'][2].update(label='click'),
+     "tasks[2].label: column 'click' is already used by tasks[0]"),
+    (lambda r: r['tasks'][1].update(name='click'), "tasks[1].name: task 'click' is listed twice"),
+    (lambda r: r['features'][0].update(scaling='log'),
+     'features[0].scaling: only applies to numeric features, this one is categorical'),
+    (lambda r: r.update(features=[]), 'features: expected a non-empty list of features'),
+    (lambda r: r['tasks'][0].update(head_units=[]),
+     'tasks[0].head_units: expected a non-empty list of layer sizes'),
+])
+def test_mistakes_name_the_key(raw, mutate, expected):
+  raw = copy.deepcopy(raw)
+  mutate(raw)
+  assert expected in _error(raw)
+
+
+def test_load_config_names_the_file(tmp_path):
+  with pytest.raises(ConfigError, match='does not exist'):
+    load_config(str(tmp_path / 'missing.yaml'))
+  bad = tmp_path / 'bad.yaml'
+  bad.write_text('name: x\ndata: [1, 2\n')
+  with pytest.raises(ConfigError, match=f'{bad}: not valid YAML'):
+    load_config(str(bad))

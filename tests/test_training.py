@@ -1,0 +1,101 @@
+"""Split learning rates and optimizer groups on the real model and training step."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import parse_config
+from trainer import optimizers
+from trainer.model import MultiTaskModel
+from trainer.models import build_network
+
+CARDINALITIES = {'user': 12, 'device': 4}
+
+
+def _config(dwell_learning_rate=0.01):
+  return parse_config({
+      'name': 'train-test',
+      'data': {'input_base': '/unused', 'split_key': 'user'},
+      'features': [{'name': 'user', 'type': 'categorical', 'embedding_dim': 4},
+                   {'name': 'device', 'type': 'categorical', 'embedding_dim': 2},
+                   {'name': 'position', 'type': 'numeric'}],
+      'tasks': [{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
+                 'learning_rate': 0.05},
+                {'name': 'dwell', 'label': 'dwell_seconds', 'type': 'regression',
+                 'head_units': [8], 'learning_rate': dwell_learning_rate}],
+      'model': {'trunk_units': [16]},
+      'training': {'trunk_learning_rate': 0.05, 'loss_weights_learning_rate': 0.05},
+  })
+
+
+def _batch(n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  features = {'user': rng.integers(0, 12, n), 'device': rng.integers(0, 4, n),
+              'position': rng.normal(size=n).astype(np.float32)}
+  labels = {'click': rng.integers(0, 2, n).astype(np.float32),
+            'dwell_seconds': rng.gamma(2.0, 10.0, n).astype(np.float32)}
+  return features, labels
+
+
+def _model(config):
+  tf.keras.utils.set_random_seed(1)
+  model = MultiTaskModel(build_network(config, CARDINALITIES), config)
+  model.compile(optimizer=model.group_optimizers['trunk'])
+  return model
+
+
+def _snapshot(variables):
+  return [v.numpy().copy() for v in variables]
+
+
+def test_zero_head_learning_rate_freezes_only_that_head():
+  model = _model(_config(dwell_learning_rate=0.0))
+  features, labels = _batch()
+  model.train_on_batch(features, labels)  # builds every optimizer's slots
+  grouped = model.grouped_variables()
+  before = {g: _snapshot(vs) for g, vs in grouped.items()}
+  model.train_on_batch(features, labels)
+  after = {g: _snapshot(vs) for g, vs in grouped.items()}
+
+  def moved(group):
+    return any(not np.array_equal(b, a) for b, a in zip(before[group], after[group]))
+
+  assert not moved('dwell'), 'a head with learning rate 0 must not change'
+  assert moved('trunk') and moved('click') and moved('loss_weights')
+  # The frozen head still produced a loss (it is trained with the others, just not updated).
+  assert grouped['dwell'] and grouped['trunk']
+
+
+def test_every_trainable_variable_is_in_exactly_one_group():
+  model = _model(_config())
+  features, _ = _batch(4)
+  model(features)
+  grouped = model.grouped_variables()
+  assert set(grouped) == {'trunk', 'click', 'dwell', 'loss_weights'}
+  assert sum(len(v) for v in grouped.values()) == len(model.trainable_variables)
+  # Embeddings belong to the trunk; each head's layers to its own group.
+  assert any('user_embedding' in v.name for v in grouped['trunk'])
+  assert all(v.name.startswith('click') for v in grouped['click'])
+
+
+def test_group_check_fails_on_a_missing_or_shared_variable():
+  model = _model(_config())
+  model(_batch(4)[0])
+  grouped = optimizers.group_variables(model._group_layers)  # pylint: disable=protected-access
+  missing = dict(grouped, click=grouped['click'][1:])
+  with pytest.raises(ValueError, match='in groups none'):
+    optimizers.check_groups_cover(model.trainable_variables, missing)
+  shared = dict(grouped, dwell=grouped['dwell'] + grouped['click'][:1])
+  with pytest.raises(ValueError, match=r"in groups \['click', 'dwell'\]"):
+    optimizers.check_groups_cover(model.trainable_variables, shared)
+
+
+def test_training_reduces_loss_and_learns_sigmas():
+  model = _model(_config())
+  features, labels = _batch(512, seed=3)
+  dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(64).repeat()
+  history = model.fit(dataset, steps_per_epoch=20, epochs=3, verbose=0).history
+  assert history['dwell_loss'][-1] < history['dwell_loss'][0]
+  # The dwell loss is on a much larger scale, so its learned sigma grows beyond click's.
+  assert history['dwell_sigma'][-1] > history['dwell_sigma'][0]
+  assert history['dwell_sigma'][-1] > history['click_sigma'][-1]
