@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
+from absl import flags
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
@@ -42,6 +43,10 @@ def run_local(config: PipelineConfig, output_dir: str,
 
   Raises PipelineRunError, after writing the summary, when a component fails.
   """
+  # Parts of TFX and Beam parse sys.argv with absl flags when nobody has; the arguments of
+  # whatever program called us (pytest's -v, say) are not theirs to read.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
   output_dir = os.path.abspath(output_dir)
   os.makedirs(output_dir, exist_ok=True)
   connection = metadata_config(output_dir)

@@ -1,0 +1,43 @@
+"""create_pipeline is a pure function of the config; its graph and TFMA config follow the tasks."""
+
+import tensorflow_model_analysis as tfma
+
+from conftest import sample_config
+from pipeline.pipeline import build_eval_config, create_pipeline
+
+
+def _ids(pipeline):
+  return [c.id for c in pipeline.components]
+
+
+def test_graph_with_curated_schema(tmp_path):
+  pipeline = create_pipeline(sample_config(), str(tmp_path / 'root'))
+  assert sorted(_ids(pipeline)) == sorted([
+      'LogExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'StrictExampleValidator',
+      'Transform', 'Trainer', 'Evaluator', 'Pusher'])
+  [transform] = [c for c in pipeline.components if c.id == 'Transform']
+  assert 'StrictExampleValidator' in {n.id for n in transform.upstream_nodes}
+  assert not any('Resolver' in type(c).__name__ for c in pipeline.components)
+  assert not (tmp_path / 'root').exists()  # building the pipeline writes nothing
+
+
+def test_graph_infers_schema_when_none_is_curated(tmp_path):
+  pipeline = create_pipeline(sample_config(data={'schema': None}), str(tmp_path))
+  assert 'SchemaGen' in _ids(pipeline) and 'ImportSchemaGen' not in _ids(pipeline)
+
+
+def test_eval_config_has_one_metrics_spec_per_task_with_its_thresholds():
+  config = sample_config()
+  eval_config = build_eval_config(config)
+  [model_spec] = eval_config.model_specs
+  assert dict(model_spec.label_keys) == {'click': 'click', 'conversion': 'conversion',
+                                         'dwell': 'dwell_seconds'}
+  specs = {tuple(s.output_names): s for s in eval_config.metrics_specs}
+  assert set(specs) == {('click',), ('conversion',), ('dwell',)}
+  click = {m.class_name: m for m in specs[('click',)].metrics}
+  assert click['AUC'].threshold.value_threshold.lower_bound.value == 0.6
+  assert click['Calibration'].threshold.value_threshold.upper_bound.value == 1.3
+  dwell = {m.class_name: m for m in specs[('dwell',)].metrics}
+  assert dwell['RootMeanSquaredError'].threshold.value_threshold.upper_bound.value == 30.0
+  assert 'AUC' not in dwell
+  assert isinstance(eval_config, tfma.EvalConfig)
