@@ -10,9 +10,9 @@ Layout of a run's output directory:
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
-from absl import flags
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
@@ -43,10 +43,6 @@ def run_local(config: PipelineConfig, output_dir: str,
 
   Raises PipelineRunError, after writing the summary, when a component fails.
   """
-  # Parts of TFX and Beam parse sys.argv with absl flags when nobody has; the arguments of
-  # whatever program called us (pytest's -v, say) are not theirs to read.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
   output_dir = os.path.abspath(output_dir)
   os.makedirs(output_dir, exist_ok=True)
   connection = metadata_config(output_dir)
@@ -57,10 +53,16 @@ def run_local(config: PipelineConfig, output_dir: str,
       beam_pipeline_args=beam_pipeline_args or DEFAULT_BEAM_ARGS,
       enable_cache=enable_cache)
   error: Optional[BaseException] = None
+  # TFX's Beam executors parse sys.argv with absl flags; the arguments of whatever program
+  # called us (pytest's -v, say, which absl reads as --verbosity) are not theirs to read.
+  caller_argv = sys.argv
+  sys.argv = caller_argv[:1]
   try:
     tfx.orchestration.LocalDagRunner().run(pipeline)
   except Exception as e:  # pylint: disable=broad-except
     error = e
+  finally:
+    sys.argv = caller_argv
   summary = build_summary(config, metadata_store.MetadataStore(connection))
   if error is not None:
     summary['error'] = f'{type(error).__name__}: {error}'
