@@ -14,6 +14,13 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
 
 Train/eval are split by a hash of the config's split key (`partition_feature_name`), so a user
 is never in both splits.
+
+Daily partitions: with `{SPAN}` or `{YYYY}-{MM}-{DD}` in the file pattern, TFX's driver (local
+or Kubeflow) resolves the latest span as usual; the executor then reads that span and the
+`data.window_spans - 1` spans before it (missing days are allowed), so each scheduled run trains
+on a rolling window of the most recent days. The spans read are recorded on the quarantine
+artifact (`spans`) and in `counts.json`. (TFX's own ExampleGen reads one span per execution and
+leaves windows to Resolver nodes, which open-source Kubeflow Pipelines does not run.)
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import collections
 import gzip
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
@@ -29,6 +37,7 @@ from apache_beam.io import fileio
 import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
@@ -42,6 +51,8 @@ from components.records import RecordError, parse_line, quarantine_entry
 from pipeline.config import PipelineConfig
 
 PIPELINE_CONFIG_KEY = 'pipeline_config'
+SPAN_PATTERN_KEY = 'span_pattern'
+WINDOW_SPANS_KEY = 'window_spans'
 QUARANTINE_KEY = 'quarantine'
 COUNTS_FILE = 'counts.json'
 RECORDS_PREFIX = 'records'
@@ -51,7 +62,7 @@ _INGESTED = '__ingested__'
 
 class QuarantinedRecords(artifact_lib.Artifact):
   """Log lines that could not become examples: JSON lines of reason, file, line number, raw."""
-  TYPE_NAME = 'QuarantinedRecords'
+  TYPE_NAME = 'mtl.QuarantinedRecords'  # KFP v2 wants <namespace>.<Name> for custom types
   TYPE_ANNOTATION = system_artifacts.Dataset
 
 
@@ -59,7 +70,9 @@ class LogExampleGenSpec(component_spec.ComponentSpec):
   """FileBasedExampleGen's spec plus the pipeline config and a quarantine output."""
   PARAMETERS = dict(
       standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
-      **{PIPELINE_CONFIG_KEY: component_spec.ExecutionParameter(type=str)})
+      **{PIPELINE_CONFIG_KEY: component_spec.ExecutionParameter(type=str),
+         SPAN_PATTERN_KEY: component_spec.ExecutionParameter(type=str),
+         WINDOW_SPANS_KEY: component_spec.ExecutionParameter(type=int)})
   INPUTS = {}
   OUTPUTS = {
       standard_component_specs.EXAMPLES_KEY:
@@ -108,6 +121,26 @@ class _ParseLine(beam.DoFn):
       yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(line, path, line_number, e))
 
 
+def window_patterns(span_pattern: str, span: int, window_spans: int) -> List[Tuple[int, str]]:
+  """[(span, file pattern)] for the window ending at `span`, oldest first.
+
+  Without a span or date spec in the pattern there is no window: the pattern itself, span 0.
+  """
+  is_span = bool(re.search(example_gen_utils.SPAN_FULL_REGEX, span_pattern))
+  is_date = all(spec in span_pattern for spec in example_gen_utils.DATE_SPECS)
+  if not (is_span or is_date):
+    return [(0, span_pattern)]
+  first = max(0, span - max(1, window_spans) + 1)
+  return [(s, example_gen_utils.get_pattern_for_span_version(
+      span_pattern, is_span, is_date, False, s, None)) for s in range(first, span + 1)]
+
+
+def _spans_of(exec_properties: Dict[str, Any]) -> List[Tuple[int, str]]:
+  return window_patterns(exec_properties[SPAN_PATTERN_KEY],
+                         int(exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME) or 0),
+                         int(exec_properties.get(WINDOW_SPANS_KEY) or 1))
+
+
 def _counts_to_json(counts: Iterable[Tuple[str, int]]) -> str:
   counts = dict(counts)
   ingested = counts.pop(_INGESTED, 0)
@@ -121,11 +154,17 @@ def _counts_to_json(counts: Iterable[Tuple[str, int]]) -> str:
 @beam.typehints.with_output_types(tf.train.Example)
 def _LogsToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                     split_pattern: str) -> beam.pvalue.PCollection:
-  pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
+  input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+  windowed = _spans_of(exec_properties)
+  # The latest span's pattern is the one the driver resolved (it must match files); earlier
+  # days of the window may be missing.
+  patterns = ([os.path.join(input_base, split_pattern)] if len(windowed) == 1 else
+              [os.path.join(input_base, pattern) for _, pattern in windowed])
   quarantine_uri = exec_properties[_QUARANTINE_URI]
   parsed = (
       pipeline
-      | 'MatchFiles' >> fileio.MatchFiles(pattern)
+      | 'Patterns' >> beam.Create(patterns)
+      | 'MatchFiles' >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
       | 'ReadMatches' >> fileio.ReadMatches()
       | 'ReadLines' >> beam.FlatMap(_read_lines)
       # Files are read whole by one worker each; spread the lines before the parsing work.
@@ -183,6 +222,10 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     quarantine.set_int_custom_property('num_ingested', counts['num_ingested'])
     quarantine.set_int_custom_property('num_quarantined', counts['num_quarantined'])
     quarantine.set_string_custom_property('reasons', json.dumps(counts['reasons']))
+    spans = [span for span, _ in _spans_of(exec_properties)]
+    quarantine.set_string_custom_property('spans', json.dumps(spans))
+    with tf.io.gfile.GFile(os.path.join(quarantine.uri, COUNTS_FILE), 'w') as f:
+      f.write(json.dumps(dict(counts, spans=spans), sort_keys=True))
 
     config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
     total = counts['num_ingested'] + counts['num_quarantined']
@@ -227,9 +270,9 @@ class LogExampleGen(FileBasedExampleGen):
       file_pattern: glob relative to input_base; defaults to `config.data.file_pattern`.
       range_config: optional `range_config_pb2.RangeConfig` for {SPAN} patterns.
     """
+    file_pattern = file_pattern or config.data.file_pattern
     input_config = example_gen_pb2.Input(splits=[
-        example_gen_pb2.Input.Split(name='logs',
-                                    pattern=file_pattern or config.data.file_pattern)])
+        example_gen_pb2.Input.Split(name='logs', pattern=file_pattern)])
     eval_buckets = max(1, round(config.data.eval_fraction * 100))
     output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
         splits=[example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=100 - eval_buckets),
@@ -244,6 +287,8 @@ class LogExampleGen(FileBasedExampleGen):
         output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
         output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
         pipeline_config=config.to_json(),
+        span_pattern=file_pattern,
+        window_spans=config.data.window_spans,
         examples=types.Channel(type=standard_artifacts.Examples),
         quarantine=types.Channel(type=QuarantinedRecords))
     # Skip FileBasedExampleGen.__init__ (it builds its own spec); keep its class for the

@@ -3,6 +3,10 @@
     mtlp generate-logs --rows 20000 --days 3 --out data/logs
     mtlp validate-config --config schemas/impressions.yaml
     mtlp run --config schemas/impressions.yaml --output runs/impressions
+    mtlp compile --config schemas/impressions.yaml --output pipeline.yaml
+    mtlp submit --config schemas/impressions.yaml --host http://localhost:8080
+    mtlp schedule --config schemas/impressions.yaml --host URL --cron "0 0 3 * * *"
+    mtlp unschedule --config schemas/impressions.yaml --host URL
 """
 
 from __future__ import annotations
@@ -75,6 +79,37 @@ def _run(args: argparse.Namespace) -> int:
   return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  path = kubeflow_runner.compile_pipeline(load_config(args.config), args.output)
+  print(f'wrote the Kubeflow Pipelines v2 spec to {path}')
+  return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  result = kubeflow_runner.submit(load_config(args.config), args.host, args.experiment)
+  print(f'run {result["run_id"]} started: {result["url"]}')
+  return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  config = load_config(args.config)
+  kubeflow_runner.check_cron(args.cron)  # before anything is compiled or sent
+  result = kubeflow_runner.schedule(config, args.host, args.cron, args.experiment)
+  print(f'recurring run {result["recurring_run_id"]} created ({args.cron}, at most one run '
+        'at a time, no catch-up)')
+  return 0
+
+
+def _unschedule(args: argparse.Namespace) -> int:
+  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  deleted = kubeflow_runner.unschedule(load_config(args.config), args.host)
+  print(f'deleted {deleted} recurring run(s)')
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='mtlp', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--train-steps', type=int, default=None, help='override training.train_steps')
   run.add_argument('--no-cache', action='store_true', help='re-run every component')
   run.set_defaults(func=_run)
+
+  comp = sub.add_parser('compile', help='write the Kubeflow Pipelines v2 spec (YAML)')
+  comp.add_argument('--config', required=True)
+  comp.add_argument('--output', default='pipeline.yaml')
+  comp.set_defaults(func=_compile)
+
+  for name, func, text in (('submit', _submit, 'upload the pipeline and start a run'),
+                           ('schedule', _schedule, 'create a recurring run'),
+                           ('unschedule', _unschedule, 'delete the recurring run')):
+    cmd = sub.add_parser(name, help=text)
+    cmd.add_argument('--config', required=True)
+    cmd.add_argument('--host', required=True, help='Kubeflow Pipelines API, e.g. http://host:8080')
+    if name != 'unschedule':
+      cmd.add_argument('--experiment', default=None, help='default: kubeflow.experiment')
+    if name == 'schedule':
+      cmd.add_argument('--cron', required=True,
+                       help='6 fields, seconds first: "0 0 3 * * *" is daily at 03:00')
+    cmd.set_defaults(func=func)
   return parser
 
 
@@ -122,6 +175,12 @@ def main(argv: Optional[List[str]] = None) -> int:
       raise
     print(f'mtlp: config error: {e}', file=sys.stderr)
     return 2
+  except RuntimeError as e:
+    from pipeline.kubeflow_runner import KubeflowError  # pylint: disable=g-import-not-at-top
+    if args.verbose or not isinstance(e, KubeflowError):
+      raise
+    print(f'mtlp: {e}', file=sys.stderr)
+    return 1
 
 
 if __name__ == '__main__':

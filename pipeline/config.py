@@ -19,6 +19,9 @@ FEATURE_TYPES = ('categorical', 'numeric')
 NUMERIC_SCALINGS = ('z_score', 'log', 'none')
 TASK_TYPES = ('binary', 'regression')
 MODEL_TYPES = ('shared_bottom',)
+BEAM_RUNNERS = ('direct', 'dataflow', 'flink', 'spark')
+DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
+ENVIRONMENT_TYPES = ('DOCKER', 'EXTERNAL', 'PROCESS', 'LOOPBACK')
 LOSS_WEIGHTINGS = ('uncertainty', 'equal')
 OPTIMIZERS = ('adam', 'sgd', 'adagrad')
 # Metric names are TFMA's; these are the ones each task type computes and may be thresholded on.
@@ -70,6 +73,7 @@ class DataConfig:
   eval_fraction: float = 0.2
   max_rejected_fraction: float = 0.01
   schema: Optional[str] = None  # curated schema (pbtxt); SchemaGen infers one when absent
+  window_spans: int = 1  # with {SPAN} or {YYYY}-{MM}-{DD} in file_pattern: how many recent spans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +102,28 @@ class ServingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BeamConfig:
+  """How Beam-based components (ExampleGen, StatisticsGen, Transform, Evaluator) execute."""
+  runner: str = 'direct'
+  direct_running_mode: str = 'in_memory'  # direct: in_memory | multi_threading | multi_processing
+  direct_num_workers: int = 1              # direct: 0 means one per core
+  project: Optional[str] = None            # dataflow
+  region: Optional[str] = None             # dataflow
+  temp_location: Optional[str] = None      # dataflow: gs://...
+  job_endpoint: Optional[str] = None       # flink, spark: the portable job server, host:port
+  environment_type: str = 'DOCKER'         # flink, spark: DOCKER (the pipeline image) | EXTERNAL
+  environment_config: Optional[str] = None  # flink, spark: EXTERNAL worker pool address
+  extra_args: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+  image: str = 'mtl-pipeline:latest'       # the pipeline image (deploy/Dockerfile)
+  pipeline_root: str = 'gs://CHANGE-ME/mtl-pipeline'
+  experiment: str = 'mtl-pipeline'
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   name: str
   data: DataConfig
@@ -106,6 +132,8 @@ class PipelineConfig:
   model: ModelConfig = ModelConfig()
   training: TrainingConfig = TrainingConfig()
   serving: ServingConfig = ServingConfig()
+  beam: BeamConfig = BeamConfig()
+  kubeflow: KubeflowConfig = KubeflowConfig()
 
   @property
   def categorical_features(self) -> List[FeatureConfig]:
@@ -283,6 +311,8 @@ def _parse_data_field(key: str, value: Any, path: str) -> Any:
     return _number(value, path, minimum=0.0, maximum=0.9, exclusive_min=True)
   if key == 'max_rejected_fraction':
     return _number(value, path, minimum=0.0, maximum=1.0)
+  if key == 'window_spans':
+    return _number(value, path, int, minimum=1)
   raise AssertionError(key)
 
 
@@ -320,6 +350,46 @@ def _parse_serving_field(key: str, value: Any, path: str) -> Any:
   raise AssertionError(key)
 
 
+def _optional_string(value: Any, path: str) -> Optional[str]:
+  if value is None:
+    return None
+  if not isinstance(value, str) or not value:
+    raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
+  return value
+
+
+def _parse_beam_field(key: str, value: Any, path: str) -> Any:
+  if key == 'runner':
+    return _choice(value, path, BEAM_RUNNERS)
+  if key == 'direct_running_mode':
+    return _choice(value, path, DIRECT_RUNNING_MODES)
+  if key == 'direct_num_workers':
+    return _number(value, path, int, minimum=0)
+  if key == 'environment_type':
+    return _choice(value, path, ENVIRONMENT_TYPES)
+  if key == 'extra_args':
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(a, str) and a.startswith('--') for a in value):
+      raise ConfigError(f'{path}: expected a list of --flag=value strings, got {value!r}')
+    return tuple(value)
+  return _optional_string(value, path)
+
+
+def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
+  del key
+  if not isinstance(value, str) or not value:
+    raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
+  return value
+
+
+def _check_beam(beam: BeamConfig) -> None:
+  needed = {'dataflow': ('project', 'region', 'temp_location'),
+            'flink': ('job_endpoint',), 'spark': ('job_endpoint',)}
+  for key in needed.get(beam.runner, ()):
+    if getattr(beam, key) is None:
+      raise ConfigError(f'beam.{key}: required when beam.runner is {beam.runner}')
+
+
 def parse_config(raw: Any) -> PipelineConfig:
   """Validates a config given as plain data (as loaded from YAML or JSON)."""
   raw = _require_mapping(raw, 'config')
@@ -355,9 +425,16 @@ def parse_config(raw: Any) -> PipelineConfig:
     seen[task.label] = f'tasks[{i}]'
 
   data = _section(raw, 'data', DataConfig, _parse_data_field)
+  has_span = '{SPAN' in data.file_pattern or all(
+      spec in data.file_pattern for spec in ('{YYYY}', '{MM}', '{DD}'))
+  if data.window_spans > 1 and not has_span:
+    raise ConfigError(f'data.window_spans: {data.window_spans} spans need {{SPAN}} or '
+                      f'{{YYYY}}-{{MM}}-{{DD}} in data.file_pattern ({data.file_pattern!r})')
   if data.split_key not in {f.name for f in features}:
     raise ConfigError(f'data.split_key: {data.split_key!r} is not one of the features '
                       f'({", ".join(f.name for f in features)})')
+  beam = _section(raw, 'beam', BeamConfig, _parse_beam_field)
+  _check_beam(beam)
   return PipelineConfig(
       name=name,
       data=data,
@@ -366,6 +443,8 @@ def parse_config(raw: Any) -> PipelineConfig:
       model=_section(raw, 'model', ModelConfig, _parse_model_field),
       training=_section(raw, 'training', TrainingConfig, _parse_training_field),
       serving=_section(raw, 'serving', ServingConfig, _parse_serving_field),
+      beam=beam,
+      kubeflow=_section(raw, 'kubeflow', KubeflowConfig, _parse_kubeflow_field),
   )
 
 

@@ -16,11 +16,10 @@ from typing import Any, Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
+from pipeline.beam_args import beam_pipeline_args as make_beam_args
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 from pipeline.run_summary import build_summary, write_summary
-
-DEFAULT_BEAM_ARGS = ['--direct_running_mode=in_memory', '--direct_num_workers=1']
 
 
 class PipelineRunError(RuntimeError):
@@ -50,7 +49,7 @@ def run_local(config: PipelineConfig, output_dir: str,
       config,
       pipeline_root=os.path.join(output_dir, 'pipeline_root'),
       metadata_connection_config=connection,
-      beam_pipeline_args=beam_pipeline_args or DEFAULT_BEAM_ARGS,
+      beam_pipeline_args=beam_pipeline_args or make_beam_args(config.beam),
       enable_cache=enable_cache)
   error: Optional[BaseException] = None
   # TFX's Beam executors parse sys.argv with absl flags; the arguments of whatever program

@@ -134,6 +134,11 @@ def test_bad_lines_are_quarantined_and_counted(e2e_run):
   assert ingestion['num_quarantined'] == len(BAD_LINES)
   assert ingestion['reasons'] == {reason: 1 for _, reason in BAD_LINES}
   assert sum(ingestion['examples_by_split'].values()) == 8000
+  # Two days of good lines and a third (the latest span) of bad ones: the 7-day window ending
+  # at the latest span read all three.
+  from tfx.components.example_gen.utils import date_to_span_number  # pylint: disable=g-import-not-at-top
+  latest = date_to_span_number(2026, 11, 3)
+  assert ingestion['spans'] == list(range(latest - 6, latest + 1))
   kept = read_quarantined(ingestion['quarantine_uri'])
   assert sorted(q['raw'].encode() for q in kept) == sorted(line for line, _ in BAD_LINES)
   assert {q['line_number'] for q in kept} == {1, 2, 3}

@@ -1,0 +1,220 @@
+"""Kubeflow Pipelines: the compiled spec, the shared graph, Beam presets, and clear API errors.
+
+No cluster is available here. API errors are tested against a local HTTP endpoint on
+127.0.0.1 that answers the way the KFP API does for these cases (and a closed port for an
+unreachable host), through the real kfp client.
+"""
+
+import http.server
+import json
+import os
+import socket
+import threading
+
+import pytest
+import yaml
+from kfp import components as kfp_components
+
+from conftest import REPO, SAMPLE_CONFIG, sample_config
+from pipeline import cli
+from pipeline.beam_args import beam_pipeline_args
+from pipeline.config import BeamConfig, ConfigError, parse_config
+from pipeline.kubeflow_runner import compile_pipeline, create_kubeflow_pipeline
+from pipeline.local_runner import make_beam_args  # the local runner's own choice
+from pipeline.pipeline import create_pipeline
+
+GOLDEN_DAG = os.path.join(REPO, 'tests', 'golden', 'kubeflow_dag.json')
+IMAGE = 'registry.example/mtl-pipeline:test'
+
+
+@pytest.fixture(scope='module')
+def compiled(tmp_path_factory):
+  config = sample_config(kubeflow={'image': IMAGE, 'pipeline_root': 'gs://bucket/root'})
+  path = compile_pipeline(config, str(tmp_path_factory.mktemp('kfp') / 'pipeline.yaml'))
+  with open(path) as f:
+    return config, path, yaml.safe_load(f)
+
+
+def _dag(spec):
+  return {name: sorted(task.get('dependentTasks', []))
+          for name, task in spec['root']['dag']['tasks'].items()}
+
+
+def test_spec_loads_with_the_kfp_loader(compiled):
+  config, path, _ = compiled
+  component = kfp_components.load_component_from_file(path)
+  assert component.name == config.name
+
+
+def test_every_component_runs_in_the_pipeline_image(compiled):
+  _, _, spec = compiled
+  executors = spec['deploymentSpec']['executors']
+  assert set(executors) == {f'{name}_executor' for name in _dag(spec)}
+  for name, executor in executors.items():
+    container = executor['container']
+    assert container['image'] == IMAGE, name
+    assert container['command'][:3] == [
+        'python', '-m', 'tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor']
+  assert executors['LogExampleGen_executor']['container']['args'][1] == (
+      'components.log_example_gen.Executor')
+  assert 'resolver' not in json.dumps(spec).lower()
+
+
+def test_span_window_parameters_are_in_the_spec(compiled):
+  config, _, spec = compiled
+  params = spec['root']['dag']['tasks']['LogExampleGen']['inputs']['parameters']
+  constant = {name: p['runtimeValue']['constantValue'] for name, p in params.items()}
+  assert constant['window_spans'] == {'intValue': str(config.data.window_spans)}
+  assert constant['span_pattern'] == {'stringValue': 'day={YYYY}-{MM}-{DD}/*.jsonl*'}
+
+
+def test_beam_components_get_the_configured_beam_args(compiled):
+  config, _, spec = compiled
+  executors = spec['deploymentSpec']['executors']
+  for name in ('LogExampleGen', 'StatisticsGen', 'Transform', 'Evaluator'):
+    args = executors[f'{name}_executor']['container']['args']
+    assert args[4:] == beam_pipeline_args(config.beam, image=IMAGE), name
+
+
+def test_dag_matches_the_golden_description(compiled):
+  with open(GOLDEN_DAG) as f:
+    assert _dag(compiled[2]) == json.load(f)
+
+
+def test_local_and_kubeflow_graphs_have_the_same_components_and_edges(compiled, tmp_path):
+  config, _, spec = compiled
+  local = create_pipeline(config, str(tmp_path))
+  edges = {c.id: sorted(n.id for n in c.upstream_nodes) for c in local.components}
+  assert edges == _dag(spec)
+  kubeflow = create_kubeflow_pipeline(config)
+  assert {c.id for c in kubeflow.components} == set(edges)
+
+
+def test_beam_presets():
+  assert beam_pipeline_args(BeamConfig()) == [
+      '--runner=DirectRunner', '--direct_running_mode=in_memory', '--direct_num_workers=1']
+  assert beam_pipeline_args(BeamConfig(direct_running_mode='multi_processing',
+                                       direct_num_workers=0))[1:] == [
+      '--direct_running_mode=multi_processing', '--direct_num_workers=0']
+  dataflow = beam_pipeline_args(BeamConfig(runner='dataflow', project='p', region='r',
+                                           temp_location='gs://t'), image=IMAGE)
+  assert dataflow == ['--runner=DataflowRunner', '--project=p', '--region=r',
+                      '--temp_location=gs://t', f'--sdk_container_image={IMAGE}']
+  for runner in ('flink', 'spark'):
+    args = beam_pipeline_args(BeamConfig(runner=runner, job_endpoint='jobs:8099',
+                                         extra_args=('--parallelism=4',)), image=IMAGE)
+    assert args == ['--runner=PortableRunner', '--job_endpoint=jobs:8099',
+                    '--environment_type=DOCKER', f'--environment_config={IMAGE}',
+                    '--parallelism=4']
+  assert make_beam_args(sample_config().beam)[0] == '--runner=DirectRunner'
+
+
+def test_beam_preset_needs_its_settings():
+  raw = yaml.safe_load(open(SAMPLE_CONFIG))
+  raw['beam'] = {'runner': 'dataflow', 'project': 'p'}
+  with pytest.raises(ConfigError, match='beam.region: required when beam.runner is dataflow'):
+    parse_config(raw)
+  raw['beam'] = {'runner': 'samza'}
+  with pytest.raises(ConfigError, match="beam.runner: 'samza' is not one of direct"):
+    parse_config(raw)
+
+
+def test_window_needs_a_span_in_the_pattern():
+  raw = yaml.safe_load(open(SAMPLE_CONFIG))
+  raw['data']['file_pattern'] = '*/*.jsonl*'
+  with pytest.raises(ConfigError, match=r'data.window_spans: 7 spans need \{SPAN\}'):
+    parse_config(raw)
+
+
+def test_window_patterns_cover_the_most_recent_spans():
+  from components.log_example_gen import window_patterns  # pylint: disable=g-import-not-at-top
+  from tfx.components.example_gen.utils import date_to_span_number  # pylint: disable=g-import-not-at-top
+  latest = date_to_span_number(2026, 11, 3)
+  assert window_patterns('day={YYYY}-{MM}-{DD}/*.gz', latest, 3) == [
+      (latest - 2, 'day=2026-11-01/*.gz'), (latest - 1, 'day=2026-11-02/*.gz'),
+      (latest, 'day=2026-11-03/*.gz')]
+  assert window_patterns('span-{SPAN}/*', 5, 2) == [(4, 'span-4/*'), (5, 'span-5/*')]
+  assert window_patterns('*/*', 0, 5) == [(0, '*/*')]
+
+
+# ---- CLI and KFP API errors -------------------------------------------------------------------
+
+class _KfpLikeHandler(http.server.BaseHTTPRequestHandler):
+  """Answers like the KFP v2beta1 REST API for one scripted case."""
+  responses = {}  # path prefix -> (status, body)
+
+  def _answer(self):
+    for prefix, (status, body) in self.responses.items():
+      if self.path.startswith(prefix):
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        return
+    self.send_response(404)
+    self.end_headers()
+
+  do_GET = do_POST = do_DELETE = _answer
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture()
+def kfp_api():
+  servers = []
+
+  def start(responses):
+    handler = type('Handler', (_KfpLikeHandler,), {'responses': responses})
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers.append(server)
+    return f'http://127.0.0.1:{server.server_address[1]}'
+
+  yield start
+  for server in servers:
+    server.shutdown()
+    server.server_close()
+
+
+def _mtlp(capsys, *args):
+  code = cli.main(list(args))
+  return code, capsys.readouterr().err.strip()
+
+
+def test_bad_cron_is_reported_before_anything_is_sent(capsys):
+  code, err = _mtlp(capsys, 'schedule', '--config', SAMPLE_CONFIG, '--host',
+                    'http://127.0.0.1:9', '--cron', '0 3 * * *')
+  assert code == 1 and len(err.splitlines()) == 1
+  assert "bad cron expression '0 3 * * *'" in err and '6 fields' in err
+
+
+def test_unreachable_host_is_one_line(capsys):
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+  code, err = _mtlp(capsys, 'submit', '--config', SAMPLE_CONFIG, '--host',
+                    f'http://127.0.0.1:{port}')
+  assert code == 1 and len(err.splitlines()) == 1, err
+  assert f'cannot reach the Kubeflow Pipelines API at http://127.0.0.1:{port}' in err
+  assert 'Connection refused' in err
+
+
+def test_refused_credentials_are_one_line(capsys, kfp_api):
+  host = kfp_api({'/': (401, {'error_message': 'Unauthenticated: token expired', 'code': 16,
+                              'message': 'Unauthenticated: token expired'})})
+  code, err = _mtlp(capsys, 'unschedule', '--config', SAMPLE_CONFIG, '--host', host)
+  assert code == 1 and len(err.splitlines()) == 1, err
+  assert 'refused the request (HTTP 401' in err and 'token expired' in err
+
+
+def test_api_error_message_is_passed_on(capsys, kfp_api):
+  host = kfp_api({'/apis/v2beta1/healthz': (200, {'multi_user': False}),
+                  '/apis/v2beta1/recurringruns': (500, {
+                      'error_message': 'database is unavailable', 'code': 13,
+                      'message': 'database is unavailable'})})
+  code, err = _mtlp(capsys, 'unschedule', '--config', SAMPLE_CONFIG, '--host', host)
+  assert code == 1 and len(err.splitlines()) == 1, err
+  assert err.endswith('answered HTTP 500: database is unavailable')
