@@ -40,8 +40,19 @@ def _validate_config(args: argparse.Namespace) -> int:
   return 0
 
 
+def _quiet_libraries() -> None:
+  """TensorFlow, Beam and absl log at INFO/WARNING by default; keep the run's output readable."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  tf.get_logger().setLevel('ERROR')
+  logging.getLogger('apache_beam').setLevel(logging.ERROR)
+
+
 def _run(args: argparse.Namespace) -> int:
   from pipeline import local_runner, run_summary  # pylint: disable=g-import-not-at-top
+  if not args.verbose:
+    _quiet_libraries()
   config = load_config(args.config)
   overrides = {}
   if args.logs:

@@ -57,19 +57,19 @@ def make_world(seed: int, num_users: int = 2000, num_items: int = 500,
   segment_bias = rng.normal(0.0, 0.5, num_segments)
   segment_factors = rng.normal(0.0, 0.7, (num_segments, _FACTOR_DIM))
 
-  def popularity(n):  # Zipf-like: a few users and items are seen often
-    weights = 1.0 / np.arange(1, n + 1) ** 0.8
+  def popularity(n, exponent):  # Zipf-like: some users and items are seen much more often
+    weights = 1.0 / np.arange(1, n + 1) ** exponent
     return rng.permutation(weights / weights.sum())
 
   return World(
       user_segment=segment,
       user_bias=segment_bias[segment] + rng.normal(0.0, 0.2, num_users),
       user_factors=segment_factors[segment] + rng.normal(0.0, 0.25, (num_users, _FACTOR_DIM)),
-      user_popularity=popularity(num_users),
+      user_popularity=popularity(num_users, 0.5),
       item_bias=rng.normal(0.0, 0.5, num_items),
       item_factors=rng.normal(0.0, 0.6, (num_items, _FACTOR_DIM)),
       item_cvr_factors=rng.normal(0.0, 0.6, (num_items, _FACTOR_DIM)),
-      item_popularity=popularity(num_items),
+      item_popularity=popularity(num_items, 0.8),
       item_category=rng.integers(0, num_categories, num_items),
       item_price=np.round(rng.lognormal(3.0, 0.8, num_items), 2),
       item_dwell_log_mean=rng.normal(3.2, 0.35, num_items),
