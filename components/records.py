@@ -6,7 +6,9 @@ clients building serving requests all produce the same examples:
 - categorical feature -> bytes feature (a string, or an integer written as its decimal string);
 - numeric feature     -> float feature;
 - binary label        -> int64 feature, 0 or 1 (JSON true/false accepted);
-- regression label    -> float feature.
+- regression label    -> float feature;
+- the split key (`data.split_key`), when it is not a feature -> bytes feature, like a
+  categorical one: ingestion splits train/eval by it.
 
 A record that cannot be converted raises `RecordError`, whose `reason` is a short code with
 the field name (e.g. `missing_field:click`); ingestion counts rejected records by that reason.
@@ -81,6 +83,10 @@ def record_to_example(record: Mapping[str, Any], config: PipelineConfig,
       raise RecordError(f'missing_field:{name}', f'required field {name} is missing')
     return record[name]
 
+  split_key = config.data.split_key
+  if split_key not in {f.name for f in config.features}:
+    # The split key need not be a model feature, but ingestion splits by it, so it is kept.
+    features[split_key] = _categorical(split_key, value_of(split_key))
   for feature in config.features:
     value = value_of(feature.name)
     if feature.type == 'categorical':

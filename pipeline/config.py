@@ -430,9 +430,9 @@ def parse_config(raw: Any) -> PipelineConfig:
   if data.window_spans > 1 and not has_span:
     raise ConfigError(f'data.window_spans: {data.window_spans} spans need {{SPAN}} or '
                       f'{{YYYY}}-{{MM}}-{{DD}} in data.file_pattern ({data.file_pattern!r})')
-  if data.split_key not in {f.name for f in features}:
-    raise ConfigError(f'data.split_key: {data.split_key!r} is not one of the features '
-                      f'({", ".join(f.name for f in features)})')
+  if data.split_key in {t.label for t in tasks}:
+    raise ConfigError(f'data.split_key: {data.split_key!r} is a task label; split by an id '
+                      'such as the user id')
   beam = _section(raw, 'beam', BeamConfig, _parse_beam_field)
   _check_beam(beam)
   return PipelineConfig(

@@ -20,7 +20,7 @@ def test_sample_config_loads_and_round_trips(raw):
   assert [t.name for t in config.tasks] == ['click', 'conversion', 'dwell']
   assert config.task('dwell').type == 'regression'
   assert config.task('click').thresholds['auc'].min == 0.6
-  assert {f.name for f in config.categorical_features} >= {'user_id', 'item_id', 'device'}
+  assert {f.name for f in config.categorical_features} >= {'user_segment', 'item_id', 'device'}
   assert config.data.input_base.startswith('/')  # relative paths resolved
   assert PipelineConfig.from_json(config.to_json()) == config
   assert config.with_overrides(training={'train_steps': 7}).training.train_steps == 7
@@ -47,8 +47,8 @@ def _error(raw) -> str:
     (lambda r: r['training'].update(learning_rate=0.1),
      'training.learning_rate: unknown key; allowed keys are'),
     (lambda r: r['data'].update(eval_fraction=0), 'data.eval_fraction: 0.0 must be > 0.0'),
-    (lambda r: r['data'].update(split_key='session_id'),
-     "data.split_key: 'session_id' is not one of the features"),
+    (lambda r: r['data'].update(split_key='click'),
+     "data.split_key: 'click' is a task label"),
     (lambda r: r['data'].pop('input_base'), 'data.input_base: required key is missing'),
     (lambda r: r['tasks'][0].pop('label'), 'tasks[0].label: required key is missing'),
     (lambda r: r['tasks'][0]['thresholds'].update(rmse={'max': 1}),

@@ -81,7 +81,7 @@ def test_model_is_pushed_in_tf_serving_layout(e2e_run):
   assert os.path.samefile(push['path'], os.path.join(base, versions[0]))
   assert os.path.exists(os.path.join(push['path'], 'saved_model.pb'))
   assets = os.listdir(os.path.join(push['path'], 'assets'))
-  assert any('vocab_user_id' in a for a in assets), assets
+  assert any('vocab_item_id' in a for a in assets), assets
 
 
 def test_served_model_scores_raw_log_examples(e2e_run):
