@@ -149,6 +149,16 @@ class PipelineConfig:
         return task
     raise KeyError(name)
 
+  def data_view(self) -> 'PipelineConfig':
+    """Only what ingestion and Transform read: data, features, and each task's label and type.
+
+    They receive this view, so changing the model, training or serving sections leaves their
+    ML Metadata cache keys unchanged and a rerun reuses their outputs.
+    """
+    return PipelineConfig(name=self.name, data=self.data, features=self.features,
+                          tasks=tuple(TaskConfig(name=t.name, label=t.label, type=t.type)
+                                      for t in self.tasks))
+
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
 

@@ -120,8 +120,11 @@ def _upload(client, config: PipelineConfig, package_path: str, version_name: str
   """Uploads the spec as a new pipeline, or a new version of the existing one."""
   pipeline_id = client.get_pipeline_id(config.name)
   if pipeline_id is None:
+    # A new pipeline comes with its first version: the one just uploaded.
     pipeline = client.upload_pipeline(package_path, pipeline_name=config.name)
-    pipeline_id = pipeline.pipeline_id
+    versions = client.list_pipeline_versions(pipeline.pipeline_id, page_size=1,
+                                             sort_by='created_at desc').pipeline_versions
+    return {'pipeline_id': pipeline.pipeline_id, 'version_id': versions[0].pipeline_version_id}
   version = client.upload_pipeline_version(package_path, pipeline_version_name=version_name,
                                            pipeline_id=pipeline_id)
   return {'pipeline_id': pipeline_id, 'version_id': version.pipeline_version_id}

@@ -84,6 +84,7 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
   """Builds the multi-task training pipeline from a validated config."""
   config_json = config.to_json()
+  data_config_json = config.data_view().to_json()
   example_gen = LogExampleGen(input_base=config.data.input_base, config=config)
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
   if config.data.schema:
@@ -97,7 +98,7 @@ def create_pipeline(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
       preprocessing_fn=PREPROCESSING_FN,
-      custom_config={CONFIG_KEY: config_json})
+      custom_config={CONFIG_KEY: data_config_json})
   # Transform does not read the anomalies, but must not start on data that failed validation.
   transform.add_upstream_node(example_validator)
   trainer = tfx.components.Trainer(

@@ -218,3 +218,77 @@ def test_api_error_message_is_passed_on(capsys, kfp_api):
   code, err = _mtlp(capsys, 'unschedule', '--config', SAMPLE_CONFIG, '--host', host)
   assert code == 1 and len(err.splitlines()) == 1, err
   assert err.endswith('answered HTTP 500: database is unavailable')
+
+
+# ---- submit / schedule at the client-call boundary ----------------------------------------------
+
+class _RecordingClient:
+  """Stands in for kfp.Client at the call boundary: records calls, returns KFP-shaped ids."""
+
+  def __init__(self, existing_pipeline=None):
+    self.calls = []
+    self.existing_pipeline = existing_pipeline
+
+  def _record(self, name, *args, **kwargs):
+    self.calls.append((name, args, kwargs))
+
+  def get_pipeline_id(self, name):
+    self._record('get_pipeline_id', name)
+    return self.existing_pipeline
+
+  def upload_pipeline(self, path, pipeline_name):
+    kfp_components.load_component_from_file(path)  # a real, loadable spec was uploaded
+    self._record('upload_pipeline', path, pipeline_name=pipeline_name)
+    return type('P', (), {'pipeline_id': 'p-1'})
+
+  def list_pipeline_versions(self, pipeline_id, **kwargs):
+    self._record('list_pipeline_versions', pipeline_id, **kwargs)
+    version = type('V', (), {'pipeline_version_id': 'v-1'})
+    return type('R', (), {'pipeline_versions': [version]})
+
+  def upload_pipeline_version(self, path, pipeline_version_name, pipeline_id):
+    kfp_components.load_component_from_file(path)
+    self._record('upload_pipeline_version', path, pipeline_version_name=pipeline_version_name,
+                 pipeline_id=pipeline_id)
+    return type('V', (), {'pipeline_version_id': 'v-2'})
+
+  def create_experiment(self, name):
+    self._record('create_experiment', name)
+    return type('E', (), {'experiment_id': 'e-1'})
+
+  def run_pipeline(self, experiment_id, job_name, **kwargs):
+    self._record('run_pipeline', experiment_id, job_name, **kwargs)
+    return type('R', (), {'run_id': 'r-1'})
+
+  def create_recurring_run(self, experiment_id, job_name, **kwargs):
+    self._record('create_recurring_run', experiment_id, job_name, **kwargs)
+    return type('J', (), {'recurring_run_id': 'j-1'})
+
+
+def test_submit_uploads_a_new_version_of_an_existing_pipeline(monkeypatch):
+  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  client = _RecordingClient(existing_pipeline='p-0')
+  monkeypatch.setattr(kubeflow_runner, '_client', lambda host: client)
+  result = kubeflow_runner.submit(sample_config(), 'http://kfp:8080', version_name='v')
+  assert result == {'pipeline_id': 'p-0', 'version_id': 'v-2', 'run_id': 'r-1',
+                    'url': 'http://kfp:8080/#/runs/details/r-1'}
+  names = [c[0] for c in client.calls]
+  assert names == ['get_pipeline_id', 'upload_pipeline_version', 'create_experiment',
+                   'run_pipeline']
+  assert client.calls[3][2] == {'pipeline_id': 'p-0', 'version_id': 'v-2'}
+
+
+def test_schedule_creates_one_recurring_run_without_catch_up(monkeypatch):
+  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  client = _RecordingClient(existing_pipeline=None)
+  monkeypatch.setattr(kubeflow_runner, '_client', lambda host: client)
+  config = sample_config()
+  result = kubeflow_runner.schedule(config, 'http://kfp:8080', '0 0 3 * * *')
+  assert result['recurring_run_id'] == 'j-1'
+  assert [c[0] for c in client.calls] == ['get_pipeline_id', 'upload_pipeline',
+                                          'list_pipeline_versions', 'create_experiment',
+                                          'create_recurring_run']
+  _, (experiment_id, job_name), kwargs = client.calls[-1]
+  assert (experiment_id, job_name) == ('e-1', f'{config.name}-scheduled')
+  assert kwargs == {'cron_expression': '0 0 3 * * *', 'max_concurrency': 1,
+                    'no_catchup': True, 'pipeline_id': 'p-1', 'version_id': 'v-1'}

@@ -41,3 +41,16 @@ def test_eval_config_has_one_metrics_spec_per_task_with_its_thresholds():
   assert dwell['RootMeanSquaredError'].threshold.value_threshold.upper_bound.value == 30.0
   assert 'AUC' not in dwell
   assert isinstance(eval_config, tfma.EvalConfig)
+
+
+def test_ingestion_and_transform_see_only_the_data_view(tmp_path):
+  """A training-only change must not invalidate the cached ingestion and Transform."""
+  def params(config):
+    pipeline = create_pipeline(config, str(tmp_path))
+    return {c.id: c.exec_properties for c in pipeline.components
+            if c.id in ('LogExampleGen', 'Transform')}
+
+  base = sample_config()
+  changed = sample_config(training={'train_steps': 5, 'loss_weighting': 'equal'},
+                          model={'trunk_units': [8]}, serving={'model_name': 'other'})
+  assert params(base) == params(changed)
