@@ -18,12 +18,13 @@ import yaml
 FEATURE_TYPES = ('categorical', 'numeric')
 NUMERIC_SCALINGS = ('z_score', 'log', 'none')
 TASK_TYPES = ('binary', 'regression')
-MODEL_TYPES = ('shared_bottom',)
+MODEL_TYPES = ('shared_bottom', 'mmoe', 'esmm')
 BEAM_RUNNERS = ('direct', 'dataflow', 'flink', 'spark')
 DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
 ENVIRONMENT_TYPES = ('DOCKER', 'EXTERNAL', 'PROCESS', 'LOOPBACK')
-LOSS_WEIGHTINGS = ('uncertainty', 'equal')
+LOSS_WEIGHTINGS = ('uncertainty', 'fixed', 'equal')
 OPTIMIZERS = ('adam', 'sgd', 'adagrad')
+LR_SCHEDULES = ('constant', 'cosine', 'exponential')
 # Metric names are TFMA's; these are the ones each task type computes and may be thresholded on.
 TASK_METRICS = {
     'binary': ('auc', 'binary_crossentropy', 'calibration', 'mean_prediction', 'mean_label'),
@@ -56,13 +57,25 @@ class Threshold:
 
 
 @dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The optimizer of one parameter group (the trunk, a task's head, or the loss weights)."""
+  type: str = 'adam'
+  learning_rate: float = 0.003
+  schedule: str = 'constant'  # constant | cosine | exponential, over training.train_steps
+  decay_rate: float = 0.1     # exponential: the learning rate's factor at the last step
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskConfig:
   name: str
   label: str
   type: str
   head_units: Sequence[int] = (32,)
-  learning_rate: float = 0.003
+  optimizer: OptimizerConfig = OptimizerConfig()
   thresholds: Mapping[str, Threshold] = dataclasses.field(default_factory=dict)
+  # Other tasks whose estimates this task's head takes as inputs, under stop_gradient.
+  inputs_from: Sequence[str] = ()
+  loss_weight: float = 1.0  # used by training.loss_weighting: fixed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +92,12 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   type: str = 'shared_bottom'
-  trunk_units: Sequence[int] = (128, 64)
+  trunk_units: Sequence[int] = (128, 64)  # shared_bottom, esmm: shared dense layers
   dropout: float = 0.0
+  num_experts: int = 4                    # mmoe
+  expert_units: Sequence[int] = (64,)     # mmoe: each expert's dense layers
+  esmm_click_task: Optional[str] = None   # esmm: the task playing the click (CTR) role
+  esmm_conversion_task: Optional[str] = None  # esmm: the conversion task, trained as CTCVR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +105,12 @@ class TrainingConfig:
   train_steps: int = 1000
   eval_steps: int = 50
   batch_size: int = 256
-  optimizer: str = 'adam'
-  trunk_learning_rate: float = 0.003
-  loss_weights_learning_rate: float = 0.05
+  trunk_optimizer: OptimizerConfig = OptimizerConfig()
+  loss_weights_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=0.05)
   loss_weighting: str = 'uncertainty'
+  # uncertainty: a floor on each s = log sigma^2, keeping the loss bounded below (a task whose
+  # loss goes to 0 would otherwise drive s, and the total loss, to minus infinity).
+  min_log_variance: Optional[float] = None
   seed: int = 42
 
 
@@ -275,6 +294,22 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   return FeatureConfig(**kwargs)
 
 
+def _parse_optimizer(raw: Any, path: str, default: OptimizerConfig) -> OptimizerConfig:
+  raw = _require_mapping(raw, path)
+  _check_keys(raw, path, [f.name for f in dataclasses.fields(OptimizerConfig)])
+  kwargs: Dict[str, Any] = {}
+  if 'type' in raw:
+    kwargs['type'] = _choice(raw['type'], f'{path}.type', OPTIMIZERS)
+  if 'learning_rate' in raw:
+    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate', minimum=0.0)
+  if 'schedule' in raw:
+    kwargs['schedule'] = _choice(raw['schedule'], f'{path}.schedule', LR_SCHEDULES)
+  if 'decay_rate' in raw:
+    kwargs['decay_rate'] = _number(raw['decay_rate'], f'{path}.decay_rate', minimum=0.0,
+                                   maximum=1.0, exclusive_min=True)
+  return dataclasses.replace(default, **kwargs)
+
+
 def _parse_task(raw: Any, path: str) -> TaskConfig:
   raw = _require_mapping(raw, path)
   _check_keys(raw, path, [f.name for f in dataclasses.fields(TaskConfig)],
@@ -287,9 +322,17 @@ def _parse_task(raw: Any, path: str) -> TaskConfig:
   }
   if 'head_units' in raw:
     kwargs['head_units'] = _units(raw['head_units'], f'{path}.head_units')
-  if 'learning_rate' in raw:
-    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate',
-                                      minimum=0.0)
+  if 'optimizer' in raw:
+    kwargs['optimizer'] = _parse_optimizer(raw['optimizer'], f'{path}.optimizer',
+                                           OptimizerConfig())
+  if 'loss_weight' in raw:
+    kwargs['loss_weight'] = _number(raw['loss_weight'], f'{path}.loss_weight', minimum=0.0)
+  if raw.get('inputs_from'):
+    inputs_from = raw['inputs_from']
+    if not isinstance(inputs_from, (list, tuple)) or not all(
+        isinstance(n, str) for n in inputs_from):
+      raise ConfigError(f'{path}.inputs_from: expected a list of task names, got {inputs_from!r}')
+    kwargs['inputs_from'] = tuple(inputs_from)
   thresholds = {}
   for metric, bounds in _require_mapping(raw.get('thresholds') or {},
                                          f'{path}.thresholds').items():
@@ -329,10 +372,14 @@ def _parse_data_field(key: str, value: Any, path: str) -> Any:
 def _parse_model_field(key: str, value: Any, path: str) -> Any:
   if key == 'type':
     return _choice(value, path, MODEL_TYPES)
-  if key == 'trunk_units':
+  if key in ('trunk_units', 'expert_units'):
     return _units(value, path)
   if key == 'dropout':
     return _number(value, path, minimum=0.0, maximum=0.9)
+  if key == 'num_experts':
+    return _number(value, path, int, minimum=1)
+  if key in ('esmm_click_task', 'esmm_conversion_task'):
+    return _optional_string(value, path)
   raise AssertionError(key)
 
 
@@ -341,12 +388,12 @@ def _parse_training_field(key: str, value: Any, path: str) -> Any:
     return _number(value, path, int, minimum=1)
   if key == 'seed':
     return _number(value, path, int, minimum=0)
-  if key == 'optimizer':
-    return _choice(value, path, OPTIMIZERS)
+  if key in ('trunk_optimizer', 'loss_weights_optimizer'):
+    return _parse_optimizer(value, path, getattr(TrainingConfig(), key))
   if key == 'loss_weighting':
     return _choice(value, path, LOSS_WEIGHTINGS)
-  if key in ('trunk_learning_rate', 'loss_weights_learning_rate'):
-    return _number(value, path, minimum=0.0)
+  if key == 'min_log_variance':
+    return None if value is None else _number(value, path)
   raise AssertionError(key)
 
 
@@ -392,6 +439,63 @@ def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
   return value
 
 
+def _check_task_inputs(tasks: Sequence[TaskConfig]) -> None:
+  """inputs_from names other tasks and has no cycle."""
+  names = [t.name for t in tasks]
+  for i, task in enumerate(tasks):
+    for producer in task.inputs_from:
+      if producer == task.name:
+        raise ConfigError(f'tasks[{i}].inputs_from: a task cannot take its own estimate')
+      if producer not in names:
+        raise ConfigError(f'tasks[{i}].inputs_from: {producer!r} is not one of the tasks '
+                          f'({", ".join(names)})')
+  order_tasks(tasks)
+
+
+def order_tasks(tasks: Sequence[TaskConfig]) -> List[TaskConfig]:
+  """Tasks with every producer of `inputs_from` before its consumers; a cycle is an error."""
+  by_name = {t.name: t for t in tasks}
+  ordered: List[TaskConfig] = []
+  visiting: List[str] = []
+
+  def visit(task: TaskConfig) -> None:
+    if task in ordered:
+      return
+    if task.name in visiting:
+      cycle = ' -> '.join(visiting[visiting.index(task.name):] + [task.name])
+      raise ConfigError(f'tasks: inputs_from forms a cycle: {cycle}')
+    visiting.append(task.name)
+    for producer in task.inputs_from:
+      visit(by_name[producer])
+    visiting.pop()
+    ordered.append(task)
+
+  for task in tasks:
+    visit(task)
+  return ordered
+
+
+def _check_model(model: ModelConfig, tasks: Sequence[TaskConfig]) -> None:
+  if model.type != 'esmm':
+    for key in ('esmm_click_task', 'esmm_conversion_task'):
+      if getattr(model, key) is not None:
+        raise ConfigError(f'model.{key}: only applies when model.type is esmm')
+    return
+  by_name = {t.name: t for t in tasks}
+  for key in ('esmm_click_task', 'esmm_conversion_task'):
+    name = getattr(model, key)
+    if name is None:
+      raise ConfigError(f'model.{key}: required when model.type is esmm')
+    if name not in by_name:
+      raise ConfigError(f'model.{key}: {name!r} is not one of the tasks ({", ".join(by_name)})')
+    if by_name[name].type != 'binary':
+      raise ConfigError(f'model.{key}: task {name!r} must be binary for esmm')
+    if by_name[name].inputs_from:
+      raise ConfigError(f'model.{key}: the esmm task {name!r} cannot also use inputs_from')
+  if model.esmm_click_task == model.esmm_conversion_task:
+    raise ConfigError('model.esmm_conversion_task: must differ from model.esmm_click_task')
+
+
 def _check_beam(beam: BeamConfig) -> None:
   needed = {'dataflow': ('project', 'region', 'temp_location'),
             'flink': ('job_endpoint',), 'spark': ('job_endpoint',)}
@@ -434,6 +538,7 @@ def parse_config(raw: Any) -> PipelineConfig:
                         'task\'s label')
     seen[task.label] = f'tasks[{i}]'
 
+  _check_task_inputs(tasks)
   data = _section(raw, 'data', DataConfig, _parse_data_field)
   has_span = '{SPAN' in data.file_pattern or all(
       spec in data.file_pattern for spec in ('{YYYY}', '{MM}', '{DD}'))
@@ -445,12 +550,14 @@ def parse_config(raw: Any) -> PipelineConfig:
                       'such as the user id')
   beam = _section(raw, 'beam', BeamConfig, _parse_beam_field)
   _check_beam(beam)
+  model = _section(raw, 'model', ModelConfig, _parse_model_field)
+  _check_model(model, tasks)
   return PipelineConfig(
       name=name,
       data=data,
       features=tuple(features),
       tasks=tuple(tasks),
-      model=_section(raw, 'model', ModelConfig, _parse_model_field),
+      model=model,
       training=_section(raw, 'training', TrainingConfig, _parse_training_field),
       serving=_section(raw, 'serving', ServingConfig, _parse_serving_field),
       beam=beam,

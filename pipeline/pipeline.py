@@ -21,6 +21,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.log_example_gen import LogExampleGen
 from components.strict_example_validator import StrictExampleValidator
 from pipeline.config import TASK_METRICS, PipelineConfig, TaskConfig
+from trainer.models import output_labels
 from trainer.preprocessing import CONFIG_KEY
 
 PREPROCESSING_FN = 'trainer.preprocessing.preprocessing_fn'
@@ -54,11 +55,12 @@ def _metric_config(name: str, task: TaskConfig) -> tfma.MetricConfig:
 
 
 def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-  """One MetricsSpec per task output, with that task's thresholds; every output has a label."""
+  """One MetricsSpec per task output, with that task's thresholds; every output has a label
+  (TFMA requires it), including architecture extras such as ESMM's ctr/cvr/ctcvr."""
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=SERVING_SIGNATURE,
-          label_keys={t.name: t.label for t in config.tasks},
+          label_keys=output_labels(config),
           preprocessing_function_names=[TRANSFORM_SIGNATURE])],
       slicing_specs=[tfma.SlicingSpec()],
       metrics_specs=[

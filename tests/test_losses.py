@@ -63,3 +63,20 @@ def test_task_losses():
   assert float(task_loss('binary', labels, predictions)) == pytest.approx(expected_bce, rel=1e-4)
   assert float(task_loss('regression', labels, predictions)) == pytest.approx(
       np.mean([0.01, 0.04, 0.16]), rel=1e-5)
+
+
+def test_fixed_weighting_uses_configured_weights():
+  weighting = LossWeighting(['click', 'dwell'], ['binary', 'regression'], 'fixed',
+                            fixed_weights=[2.0, 0.01])
+  total, weights = weighting({'click': tf.constant(0.4), 'dwell': tf.constant(200.0)})
+  assert float(total) == pytest.approx(2.0 * 0.4 + 0.01 * 200.0)
+  assert float(weights['click']) == 2.0 and float(weights['dwell']) == pytest.approx(0.01)
+  assert not weighting.trainable_variables
+
+
+def test_min_log_variance_bounds_the_loss_from_below():
+  weighting = LossWeighting(['dwell'], ['regression'], 'uncertainty', min_log_variance=-2.0)
+  weighting.log_variances['dwell'].assign(-50.0)
+  total, _ = weighting({'dwell': tf.constant(0.0)})
+  assert float(total) == pytest.approx(0.5 * -2.0)  # not 0.5 * -50
+  assert float(weighting.sigmas()['dwell']) == pytest.approx(math.exp(-1.0))

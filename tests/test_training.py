@@ -20,11 +20,12 @@ def _config(dwell_learning_rate=0.01):
                    {'name': 'device', 'type': 'categorical', 'embedding_dim': 2},
                    {'name': 'position', 'type': 'numeric'}],
       'tasks': [{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
-                 'learning_rate': 0.05},
+                 'optimizer': {'learning_rate': 0.05}},
                 {'name': 'dwell', 'label': 'dwell_seconds', 'type': 'regression',
-                 'head_units': [8], 'learning_rate': dwell_learning_rate}],
+                 'head_units': [8], 'optimizer': {'learning_rate': dwell_learning_rate}}],
       'model': {'trunk_units': [16]},
-      'training': {'trunk_learning_rate': 0.05, 'loss_weights_learning_rate': 0.05},
+      'training': {'trunk_optimizer': {'learning_rate': 0.05},
+                   'loss_weights_optimizer': {'learning_rate': 0.05}},
   })
 
 

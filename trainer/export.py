@@ -1,7 +1,8 @@
 """Serving signatures of the exported SavedModel.
 
 - `serving_default`: a batch of serialized `tf.Example` holding raw log features (no labels)
-  -> one output per task, named by the task, each of shape [batch, 1]. The tf.Transform graph
+  -> one output per task, named by the task, each of shape [batch, 1] (plus the
+  architecture's extra outputs, e.g. ESMM's ctr, cvr and ctcvr). The tf.Transform graph
   (vocabularies as assets, scaling constants) runs inside the signature. A feature the
   request omits gets a default ('' for categorical, which maps to an OOV bucket; 0 for numeric).
 - `transform_features`: serialized examples with every raw column -> transformed features;
@@ -16,6 +17,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline.config import PipelineConfig
+from trainer.models import output_labels
 
 
 def serving_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTransformOutput
@@ -41,7 +43,7 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   # Tracked on the model so the transform graph and its assets are saved with it.
   network.tft_layer = tf_transform_output.transform_features_layer()
   feature_names = [f.name for f in config.features]
-  task_names = [t.name for t in config.tasks]
+  output_names = list(output_labels(config))
   serving_spec = serving_feature_spec(config, tf_transform_output)
 
   @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
@@ -49,7 +51,7 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
     raw_features = tf.io.parse_example(serialized_examples, serving_spec)
     transformed = network.tft_layer(raw_features)
     outputs = network({name: transformed[name] for name in feature_names}, training=False)
-    return {name: outputs[name] for name in task_names}
+    return {name: outputs[name] for name in output_names}
 
   @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
   def transform_features_fn(serialized_examples):

@@ -12,11 +12,11 @@ classification, so a task whose loss is on a larger scale gets a proportionally 
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from pipeline.config import TaskConfig
+from pipeline.config import PipelineConfig
 
 
 def task_loss(task_type: str, labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
@@ -46,16 +46,21 @@ def uncertainty_weight(task_type: str, log_variance: tf.Tensor) -> tf.Tensor:
 class LossWeighting(tf.keras.layers.Layer):
   """Combines per-task losses into one; owns the learned log-variances when there are any.
 
-  `weighting='uncertainty'` learns one `log_variance` per task (initialised at 0, sigma = 1);
-  `weighting='equal'` sums the task losses.
+  - `uncertainty`: one learned `log_variance` s per task (initialised at 0, sigma = 1); with
+    `min_log_variance`, the loss uses max(s, min_log_variance), so it stays bounded below;
+  - `fixed`: sum of `fixed_weights[task] * loss`;
+  - `equal`: plain sum of the task losses.
   """
 
   def __init__(self, task_names: Sequence[str], task_types: Sequence[str],
-               weighting: str = 'uncertainty', **kwargs):
+               weighting: str = 'uncertainty', fixed_weights: Optional[Sequence[float]] = None,
+               min_log_variance: Optional[float] = None, **kwargs):
     super().__init__(**kwargs)
     self.task_names = list(task_names)
     self.task_types = list(task_types)
     self.weighting = weighting
+    self.fixed_weights = list(fixed_weights) if fixed_weights else [1.0] * len(self.task_names)
+    self.min_log_variance = min_log_variance
     self.log_variances: Dict[str, tf.Variable] = {}
     if weighting == 'uncertainty':
       for name in self.task_names:
@@ -67,26 +72,35 @@ class LossWeighting(tf.keras.layers.Layer):
     """Returns (total loss, {task: effective weight})."""
     total = tf.constant(0.0)
     weights = {}
-    for name, task_type in zip(self.task_names, self.task_types):
+    for name, task_type, fixed in zip(self.task_names, self.task_types, self.fixed_weights):
       if self.weighting == 'uncertainty':
-        s = self.log_variances[name]
+        s = self._effective(name)
         total += uncertainty_loss(task_type, task_losses[name], s)
         weights[name] = uncertainty_weight(task_type, s)
       else:
-        total += task_losses[name]
-        weights[name] = tf.constant(1.0)
+        weight = tf.constant(fixed if self.weighting == 'fixed' else 1.0)
+        total += weight * task_losses[name]
+        weights[name] = weight
     return total, weights
+
+  def _effective(self, name: str) -> tf.Tensor:
+    s = self.log_variances[name]
+    if self.min_log_variance is None:
+      return tf.convert_to_tensor(s)
+    return tf.maximum(s, self.min_log_variance)
 
   def sigmas(self) -> Dict[str, tf.Tensor]:
     """sigma_t = exp(s_t / 2) per task (1 for tasks without a learned variance)."""
-    return {name: (tf.exp(0.5 * self.log_variances[name]) if name in self.log_variances
+    return {name: (tf.exp(0.5 * self._effective(name)) if name in self.log_variances
                    else tf.constant(1.0)) for name in self.task_names}
 
   def get_config(self):
     return dict(super().get_config(), task_names=self.task_names,
-                task_types=self.task_types, weighting=self.weighting)
+                task_types=self.task_types, weighting=self.weighting,
+                fixed_weights=self.fixed_weights, min_log_variance=self.min_log_variance)
 
   @classmethod
-  def for_tasks(cls, tasks: Sequence[TaskConfig], weighting: str) -> 'LossWeighting':
-    return cls([t.name for t in tasks], [t.type for t in tasks], weighting,
-               name='loss_weighting')
+  def for_config(cls, config: PipelineConfig) -> 'LossWeighting':
+    return cls([t.name for t in config.tasks], [t.type for t in config.tasks],
+               config.training.loss_weighting, [t.loss_weight for t in config.tasks],
+               config.training.min_log_variance, name='loss_weighting')

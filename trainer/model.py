@@ -24,8 +24,7 @@ class MultiTaskModel(tf.keras.Model):
     super().__init__(**kwargs)
     self.network = network.model
     self.tasks = list(config.tasks)
-    self.loss_weighting = losses.LossWeighting.for_tasks(config.tasks,
-                                                         config.training.loss_weighting)
+    self.loss_weighting = losses.LossWeighting.for_config(config)
     self.group_optimizers = optimizers.build_optimizers(config)
     self._group_layers = dict(network.groups)
     self._group_layers[optimizers.LOSS_WEIGHTS_GROUP] = [self.loss_weighting]

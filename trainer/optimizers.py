@@ -1,5 +1,5 @@
 """Optimizer groups: one optimizer for the shared trunk, one per task head, one for the loss
-weights, each with its own learning rate from the config.
+weights, each with its own type, learning rate and optional schedule from the config.
 
 Variables are assigned to groups by construction (the model builder says which layers form the
 trunk and which form each head), never by matching variable names.
@@ -11,30 +11,35 @@ from typing import Dict, List, Mapping, Sequence
 
 import tensorflow as tf
 
-from pipeline.config import PipelineConfig
+from pipeline.config import OptimizerConfig, PipelineConfig
 
 from trainer.models.base import TRUNK_GROUP  # one name for the trunk group
 LOSS_WEIGHTS_GROUP = 'loss_weights'
 
 
-def make_optimizer(kind: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
-  if kind == 'adam':
-    return tf.keras.optimizers.Adam(learning_rate=learning_rate)
-  if kind == 'adagrad':
-    return tf.keras.optimizers.Adagrad(learning_rate=learning_rate)
-  if kind == 'sgd':
-    return tf.keras.optimizers.SGD(learning_rate=learning_rate)
-  raise ValueError(f'unknown optimizer {kind!r}')
+def learning_rate(spec: OptimizerConfig, total_steps: int):
+  """A constant rate, or a schedule over the run's training steps."""
+  if spec.schedule == 'cosine':
+    return tf.keras.optimizers.schedules.CosineDecay(spec.learning_rate, total_steps)
+  if spec.schedule == 'exponential':
+    return tf.keras.optimizers.schedules.ExponentialDecay(spec.learning_rate, total_steps,
+                                                          spec.decay_rate)
+  return spec.learning_rate
+
+
+def make_optimizer(spec: OptimizerConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
+  classes = {'adam': tf.keras.optimizers.Adam, 'adagrad': tf.keras.optimizers.Adagrad,
+             'sgd': tf.keras.optimizers.SGD}
+  return classes[spec.type](learning_rate=learning_rate(spec, total_steps))
 
 
 def build_optimizers(config: PipelineConfig) -> Dict[str, tf.keras.optimizers.Optimizer]:
   """{group name: optimizer}: `trunk`, each task's name, and `loss_weights`."""
-  kind = config.training.optimizer
-  optimizers = {TRUNK_GROUP: make_optimizer(kind, config.training.trunk_learning_rate)}
+  steps = config.training.train_steps
+  optimizers = {TRUNK_GROUP: make_optimizer(config.training.trunk_optimizer, steps)}
   for task in config.tasks:
-    optimizers[task.name] = make_optimizer(kind, task.learning_rate)
-  optimizers[LOSS_WEIGHTS_GROUP] = make_optimizer(kind,
-                                                  config.training.loss_weights_learning_rate)
+    optimizers[task.name] = make_optimizer(task.optimizer, steps)
+  optimizers[LOSS_WEIGHTS_GROUP] = make_optimizer(config.training.loss_weights_optimizer, steps)
   return optimizers
 
 

@@ -10,11 +10,11 @@ are made.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from pipeline.config import PipelineConfig, TaskConfig
+from pipeline.config import PipelineConfig, TaskConfig, order_tasks
 
 TRUNK_GROUP = 'trunk'
 
@@ -55,13 +55,29 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
   return tf.keras.layers.Concatenate(name='features')(parts), layers
 
 
-def task_head(task: TaskConfig, x: tf.Tensor, label_mean: Optional[float] = None
+@tf.keras.utils.register_keras_serializable(package='mtl')
+class StopGradient(tf.keras.layers.Layer):
+  """Passes its input forward and no gradient back.
+
+  A task that takes another task's estimate as a feature gets it through this layer, so the
+  consumer's loss never updates the producer's head (the producer has its own labels).
+  """
+
+  def call(self, inputs):
+    return tf.stop_gradient(inputs)
+
+
+def task_head(task: TaskConfig, x: tf.Tensor, label_mean: Optional[float] = None,
+              extra_inputs: Sequence[tf.Tensor] = ()
               ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
   """A task's tower: dense layers, then one unit (sigmoid for binary, linear for regression).
 
-  A regression output starts at the label's mean so the first steps are not spent learning
-  the offset. The output layer is named by the task.
+  `extra_inputs` (other tasks' estimates, already stop-gradient) join the tower's input. A
+  regression output starts at the label's mean so the first steps are not spent learning the
+  offset. The output layer is named by the task.
   """
+  if extra_inputs:
+    x = tf.keras.layers.Concatenate(name=f'{task.name}_head_inputs')([x, *extra_inputs])
   layers = []
   for i, units in enumerate(task.head_units):
     dense = tf.keras.layers.Dense(units, activation='relu', name=f'{task.name}_head_dense_{i}')
@@ -73,3 +89,24 @@ def task_head(task: TaskConfig, x: tf.Tensor, label_mean: Optional[float] = None
                                  bias_initializer=bias, name=task.name)
   layers.append(output)
   return output(x), layers
+
+
+def build_task_heads(config: PipelineConfig, head_inputs: Mapping[str, tf.Tensor],
+                     label_means: Mapping[str, float],
+                     outputs: Optional[Dict[str, tf.Tensor]] = None
+                     ) -> Tuple[Dict[str, tf.Tensor], Dict[str, List[tf.keras.layers.Layer]]]:
+  """Builds the heads of the tasks in `head_inputs`, producers before consumers.
+
+  `outputs` may already hold estimates of tasks built elsewhere (e.g. ESMM's towers), which
+  consumers can use too. Returns ({task: output}, {task: layers of its head}).
+  """
+  outputs = dict(outputs or {})
+  groups: Dict[str, List[tf.keras.layers.Layer]] = {}
+  for task in order_tasks(config.tasks):
+    if task.name not in head_inputs:
+      continue
+    extra = [StopGradient(name=f'{task.name}_from_{producer}')(outputs[producer])
+             for producer in task.inputs_from]
+    outputs[task.name], groups[task.name] = task_head(
+        task, head_inputs[task.name], label_means.get(task.name), extra)
+  return outputs, groups

@@ -1,0 +1,140 @@
+"""Architectures: outputs named by task, SavedModel round trip, ESMM identity, stop_gradient,
+and optimizer groups covering every trainable variable exactly once."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import ConfigError, parse_config
+from trainer.model import MultiTaskModel
+from trainer.models import build_network, output_labels
+
+CARDINALITIES = {'item': 20, 'device': 4}
+BASE = {
+    'name': 'models-test',
+    'data': {'input_base': '/unused', 'split_key': 'user'},
+    'features': [{'name': 'item', 'type': 'categorical', 'embedding_dim': 4},
+                 {'name': 'device', 'type': 'categorical', 'embedding_dim': 2},
+                 {'name': 'position', 'type': 'numeric'}],
+    'tasks': [{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8]},
+              {'name': 'conversion', 'label': 'conversion', 'type': 'binary',
+               'head_units': [8]},
+              {'name': 'dwell', 'label': 'dwell_seconds', 'type': 'regression',
+               'head_units': [8]}],
+    'model': {'trunk_units': [16], 'num_experts': 3, 'expert_units': [12, 8]},
+}
+MODELS = {
+    'shared_bottom': {'type': 'shared_bottom'},
+    'mmoe': {'type': 'mmoe'},
+    'esmm': {'type': 'esmm', 'esmm_click_task': 'click', 'esmm_conversion_task': 'conversion'},
+}
+
+
+def _config(model_type, **task_changes):
+  raw = {**BASE, 'model': {**BASE['model'], **MODELS[model_type]},
+         'tasks': [dict(t, **task_changes.get(t['name'], {})) for t in BASE['tasks']]}
+  if model_type != 'mmoe':
+    raw['model'] = {k: v for k, v in raw['model'].items()
+                    if k not in ('num_experts', 'expert_units')}
+  return parse_config(raw)
+
+
+def _features(n=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'item': tf.constant(rng.integers(0, 20, n)), 'device': tf.constant(rng.integers(0, 4, n)),
+          'position': tf.constant(rng.normal(size=n).astype(np.float32))}
+
+
+def _labels(n=32, seed=0):
+  rng = np.random.default_rng(seed + 1)
+  click = rng.integers(0, 2, n).astype(np.float32)
+  return {'click': click, 'conversion': click * rng.integers(0, 2, n).astype(np.float32),
+          'dwell_seconds': click * rng.gamma(2.0, 10.0, n).astype(np.float32)}
+
+
+@pytest.mark.parametrize('model_type', sorted(MODELS))
+def test_outputs_are_named_by_task_with_batch_shape(model_type):
+  config = _config(model_type)
+  network = build_network(config, CARDINALITIES, {'dwell': 7.0})
+  outputs = network.model(_features())
+  assert set(outputs) == set(output_labels(config))
+  assert {'click', 'conversion', 'dwell'} <= set(outputs)
+  for name, value in outputs.items():
+    assert value.shape == (32, 1), name
+  for name in ('click', 'conversion'):
+    assert np.all((outputs[name].numpy() > 0) & (outputs[name].numpy() < 1))
+
+
+@pytest.mark.parametrize('model_type', sorted(MODELS))
+def test_saved_model_round_trip(model_type, tmp_path):
+  network = build_network(_config(model_type), CARDINALITIES).model
+  features = _features()
+  expected = network(features)
+  network.save(str(tmp_path / 'model'), save_format='tf')
+  reloaded = tf.keras.models.load_model(str(tmp_path / 'model'))
+  actual = reloaded(features)
+  for name in expected:
+    np.testing.assert_allclose(actual[name].numpy(), expected[name].numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize('model_type', sorted(MODELS))
+def test_groups_cover_every_trainable_variable_once(model_type):
+  config = _config(model_type, dwell={'inputs_from': ['click']})
+  model = MultiTaskModel(build_network(config, CARDINALITIES), config)
+  model(_features(4))
+  grouped = model.grouped_variables()  # raises if a variable is in no group or in two
+  assert set(grouped) == {'trunk', 'click', 'conversion', 'dwell', 'loss_weights'}
+  assert all(grouped.values())
+  if model_type == 'mmoe':
+    assert any('gate' in v.name for v in grouped['click'])
+    assert any('experts' in v.name for v in grouped['trunk'])
+
+
+def test_esmm_ctcvr_is_ctr_times_cvr():
+  config = _config('esmm')
+  outputs = build_network(config, CARDINALITIES).model(_features())
+  np.testing.assert_allclose(outputs['ctcvr'].numpy(),
+                             outputs['ctr'].numpy() * outputs['cvr'].numpy(), rtol=1e-6)
+  np.testing.assert_array_equal(outputs['conversion'].numpy(), outputs['ctcvr'].numpy())
+  np.testing.assert_array_equal(outputs['click'].numpy(), outputs['ctr'].numpy())
+  assert output_labels(config)['cvr'] == 'conversion'
+
+
+def test_esmm_trains_cvr_tower_only_through_ctcvr():
+  config = _config('esmm')
+  model = MultiTaskModel(build_network(config, CARDINALITIES), config)
+  model.compile(optimizer=model.group_optimizers['trunk'])
+  before = [v.numpy().copy() for v in model.grouped_variables()['conversion']]
+  model.train_on_batch(_features(), _labels())
+  after = [v.numpy() for v in model.grouped_variables()['conversion']]
+  assert any(not np.array_equal(b, a) for b, a in zip(before, after))
+
+
+@pytest.mark.parametrize('model_type', ['shared_bottom', 'mmoe'])
+def test_stop_gradient_keeps_consumer_loss_out_of_producer_head(model_type):
+  config = _config(model_type, dwell={'inputs_from': ['click']})
+  network = build_network(config, CARDINALITIES)
+  producer_vars = [v for layer in network.groups['click'] for v in layer.trainable_variables]
+  consumer_vars = [v for layer in network.groups['dwell'] for v in layer.trainable_variables]
+  labels = _labels()
+  with tf.GradientTape(persistent=True) as tape:
+    outputs = network.model(_features())
+    consumer_loss = tf.reduce_mean(tf.square(outputs['dwell'][:, 0] - labels['dwell_seconds']))
+  grads = tape.gradient(consumer_loss, producer_vars)
+  assert all(g is None or not np.any(g.numpy()) for g in grads)
+  assert all(g is not None for g in tape.gradient(consumer_loss, consumer_vars))
+  # The estimate really is an input: the dwell head reads the click output.
+  assert any('dwell_from_click' in layer.name for layer in network.model.layers)
+
+
+def test_inputs_from_is_validated():
+  with pytest.raises(ConfigError, match="tasks\\[2\\].inputs_from: 'clicks' is not one of"):
+    _config('shared_bottom', dwell={'inputs_from': ['clicks']})
+  with pytest.raises(ConfigError, match='inputs_from forms a cycle: click -> dwell -> click'):
+    _config('shared_bottom', click={'inputs_from': ['dwell']}, dwell={'inputs_from': ['click']})
+  raw = {**BASE, 'model': {'type': 'esmm', 'esmm_click_task': 'click'}}
+  with pytest.raises(ConfigError, match='model.esmm_conversion_task: required'):
+    parse_config(raw)
+  raw['model']['esmm_conversion_task'] = 'dwell'
+  with pytest.raises(ConfigError, match="task 'dwell' must be binary for esmm"):
+    parse_config(raw)
