@@ -1,0 +1,296 @@
+"""Quality benchmark: does the multi-task machinery learn what it should? (Not a test.)
+
+Every experiment uses the project's own model builders, loss weighting and optimizer groups,
+directly (1, 4) or through the whole local pipeline (2, 3):
+
+1. Kendall reproduction: y1 = 2x + 8 + 10 eps, y2 = 3x + 3 + eps; uncertainty weighting must
+   learn sigmas near 10 and 1.
+2. Oracle gap: per task on the sample logs' eval split, the model's AUC (or RMSE) next to the
+   oracle's, computed from the generator's ground truth for the same rows.
+3. Weighting strategies: uncertainty vs equal vs fixed, dwell in raw seconds.
+4. MMoE vs shared-bottom on the MMoE paper's synthetic tasks at correlations 1.0, 0.9, 0.5.
+
+    .venv/bin/python benchmarks/quality.py [--quick] [--out benchmarks/results/quality.json]
+
+Prints markdown tables and writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline.config import parse_config, load_config  # noqa: E402
+from trainer.model import MultiTaskModel  # noqa: E402
+from trainer.models import build_network  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(config, features, labels, steps: int, batch_size: int, seed: int):
+  tf.keras.utils.set_random_seed(seed)
+  model = MultiTaskModel(build_network(config, {}), config)
+  model.compile(optimizer=model.group_optimizers['trunk'])
+  dataset = (tf.data.Dataset.from_tensor_slices((features, labels))
+             .shuffle(10000, seed=seed).repeat().batch(batch_size))
+  model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+  return model
+
+
+def _numeric_config(names: List[str], tasks: List[Dict[str, Any]], model: Dict[str, Any],
+                    training: Dict[str, Any]):
+  return parse_config({
+      'name': 'quality', 'data': {'input_base': '/unused', 'split_key': 'id'},
+      'features': [{'name': n, 'type': 'numeric', 'scaling': 'none'} for n in names],
+      'tasks': tasks, 'model': model, 'training': training})
+
+
+# ---- 1. Kendall et al. reproduction ---------------------------------------------------------
+
+def kendall(samples: int, steps: int) -> Dict[str, Any]:
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=samples).astype(np.float32)
+  y1 = (2 * x + 8 + 10 * rng.normal(size=samples)).astype(np.float32)
+  y2 = (3 * x + 3 + 1 * rng.normal(size=samples)).astype(np.float32)
+  config = _numeric_config(
+      ['x'],
+      [{'name': 'y1', 'label': 'y1', 'type': 'regression', 'head_units': [16],
+        'optimizer': {'learning_rate': 0.01}},
+       {'name': 'y2', 'label': 'y2', 'type': 'regression', 'head_units': [16],
+        'optimizer': {'learning_rate': 0.01}}],
+      {'trunk_units': [1024]},
+      {'trunk_optimizer': {'learning_rate': 0.001},
+       'loss_weights_optimizer': {'learning_rate': 0.01}, 'train_steps': steps})
+  model = _train(config, {'x': x}, {'y1': y1, 'y2': y2}, steps, 256, seed=0)
+  sigmas = {k: float(v) for k, v in model.loss_weighting.sigmas().items()}
+  return {'samples': samples, 'steps': steps, 'true_sigma': {'y1': 10.0, 'y2': 1.0},
+          'learned_sigma': sigmas,
+          'relative_error': {'y1': abs(sigmas['y1'] - 10) / 10, 'y2': abs(sigmas['y2'] - 1)}}
+
+
+# ---- 4. MMoE vs shared-bottom on the MMoE paper's synthetic data ----------------------------
+
+def _mmoe_data(correlation: float, samples: int, seed: int, dim: int = 100, m: int = 10):
+  """Ma et al. (KDD 2018), section 3.2: two regression tasks whose label correlation is set
+  by the cosine similarity of their weight vectors, plus sinusoidal non-linearities."""
+  rng = np.random.default_rng(seed)
+  u1, u2 = np.linalg.qr(rng.normal(size=(dim, 2)))[0].T
+  c = 1.0
+  w1 = c * u1
+  w2 = c * (correlation * u1 + np.sqrt(1 - correlation ** 2) * u2)
+  alpha, beta = rng.normal(size=m), rng.normal(size=m)
+  x = rng.normal(size=(samples, dim)).astype(np.float32)
+
+  def label(w):
+    z = x @ w
+    return (z + np.sum(np.sin(alpha[None, :] * z[:, None] + beta[None, :]), axis=1) +
+            rng.normal(scale=0.1, size=samples)).astype(np.float32)
+
+  return x, label(w1), label(w2)
+
+
+def mmoe_vs_shared_bottom(seeds: int, steps: int, samples: int = 12000) -> Dict[str, Any]:
+  names = [f'x{i}' for i in range(100)]
+  tasks = [{'name': f't{i}', 'label': f't{i}', 'type': 'regression', 'head_units': [16],
+            'optimizer': {'learning_rate': 0.001}} for i in (1, 2)]
+  training = {'loss_weighting': 'equal', 'trunk_optimizer': {'learning_rate': 0.001},
+              'train_steps': steps}
+  models = {'shared_bottom': {'type': 'shared_bottom', 'trunk_units': [64]},
+            'mmoe': {'type': 'mmoe', 'num_experts': 4, 'expert_units': [32]}}
+  results = {}
+  for correlation in (1.0, 0.9, 0.5):
+    for arch, model_cfg in models.items():
+      losses = []
+      for seed in range(seeds):
+        x, y1, y2 = _mmoe_data(correlation, samples, seed)
+        split = samples * 5 // 6
+        features = {n: x[:split, i] for i, n in enumerate(names)}
+        config = _numeric_config(names, tasks, model_cfg, training)
+        model = _train(config, features, {'t1': y1[:split], 't2': y2[:split]}, steps, 128, seed)
+        out = model.network({n: x[split:, i] for i, n in enumerate(names)})
+        losses.append([float(np.mean((out[t].numpy()[:, 0] - y[split:]) ** 2))
+                       for t, y in (('t1', y1), ('t2', y2))])
+      mean = np.mean(losses, axis=0)
+      results[f'{correlation}/{arch}'] = {'correlation': correlation, 'model': arch,
+                                          'test_mse_t1': float(mean[0]),
+                                          'test_mse_t2': float(mean[1]), 'seeds': seeds}
+  return results
+
+
+# ---- 2 and 3: through the pipeline on the sample logs ----------------------------------------
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  order = np.argsort(scores, kind='mergesort')
+  ranks = np.empty(len(scores))
+  ranks[order] = np.arange(1, len(scores) + 1)
+  positives = labels.sum()
+  negatives = len(labels) - positives
+  return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) /
+               (positives * negatives))
+
+
+def _eval_users(run_dir: str) -> set:
+  pattern = os.path.join(run_dir, 'pipeline_root', 'LogExampleGen', 'examples', '*',
+                         'Split-eval', '*.gz')
+  users = set()
+  for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)), compression_type='GZIP'):
+    example = tf.train.Example.FromString(record.numpy())
+    users.add(example.features.feature['user_id'].bytes_list.value[0].decode())
+  return users
+
+
+def _oracle(logs_dir: str, truth_dir: str, users: set) -> Dict[str, float]:
+  rows, truth = {}, {}
+  for path in glob.glob(os.path.join(logs_dir, '*', '*.gz')):
+    with gzip.open(path, 'rt') as f:
+      for line in f:
+        r = json.loads(line)
+        if r['user_id'] in users:
+          rows[r['impression_id']] = r
+  for path in glob.glob(os.path.join(truth_dir, '*', '*.gz')):
+    with gzip.open(path, 'rt') as f:
+      for line in f:
+        t = json.loads(line)
+        if t['impression_id'] in rows:
+          truth[t['impression_id']] = t
+  ids = sorted(rows)
+  click = np.array([rows[i]['click'] for i in ids])
+  conversion = np.array([rows[i]['conversion'] for i in ids])
+  dwell = np.array([rows[i]['dwell_seconds'] for i in ids])
+  return {
+      'click_auc': _auc(click, np.array([truth[i]['p_click'] for i in ids])),
+      'conversion_auc': _auc(conversion, np.array([truth[i]['p_conversion'] for i in ids])),
+      'dwell_rmse': float(np.sqrt(np.mean(
+          (dwell - np.array([truth[i]['expected_dwell'] for i in ids])) ** 2))),
+      'dwell_rmse_of_mean': float(np.std(dwell)),
+      'eval_rows': len(ids),
+  }
+
+
+def pipeline_experiments(rows: int, steps: int) -> Dict[str, Any]:
+  from pipeline.local_runner import run_local  # pylint: disable=g-import-not-at-top
+  from pipeline.sample_logs import generate_logs  # pylint: disable=g-import-not-at-top
+  root = tempfile.mkdtemp(prefix='mtl-quality-')
+  written = generate_logs(os.path.join(root, 'logs'), rows=rows, days=5, seed=7)
+  base = load_config(os.path.join(REPO, 'schemas', 'impressions.yaml'), base_dir=REPO)
+  base = base.with_overrides(data={'input_base': os.path.join(root, 'logs')},
+                             training={'train_steps': steps})
+  # Fixed weights that put the tasks on a comparable scale by hand (dwell's loss is in s^2).
+  fixed = tuple(dataclasses.replace(t, loss_weight=0.005 if t.type == 'regression' else 1.0)
+                for t in base.tasks)
+  variants = {'uncertainty': base,
+              'equal': base.with_overrides(training={'loss_weighting': 'equal'}),
+              'fixed': dataclasses.replace(
+                  base.with_overrides(training={'loss_weighting': 'fixed'}), tasks=fixed)}
+  run_dir = os.path.join(root, 'run')
+  results: Dict[str, Any] = {'rows': rows, 'train_steps': steps, 'weighting': {}}
+  for name, config in variants.items():
+    config = config.with_overrides(serving={'push_dir': os.path.join(root, f'serving-{name}')})
+    started = time.time()
+    summary = run_local(config, run_dir)
+    results['weighting'][name] = {
+        task: {'auc': t['metrics'].get('auc'),
+               'rmse': t['metrics'].get('root_mean_squared_error'),
+               'sigma': t['sigma'], 'loss_weight': t['loss_weight']}
+        for task, t in summary['tasks'].items()}
+    results['weighting'][name]['wall_seconds'] = round(time.time() - started, 1)
+  results['oracle'] = _oracle(os.path.join(root, 'logs'), written['truth_dir'],
+                              _eval_users(run_dir))
+  model = results['weighting']['uncertainty']
+  results['oracle_gap'] = {
+      'click': {'model_auc': model['click']['auc'], 'oracle_auc': results['oracle']['click_auc'],
+                'ratio': model['click']['auc'] / results['oracle']['click_auc']},
+      'conversion': {'model_auc': model['conversion']['auc'],
+                     'oracle_auc': results['oracle']['conversion_auc'],
+                     'ratio': model['conversion']['auc'] / results['oracle']['conversion_auc']},
+      'dwell': {'model_rmse': model['dwell']['rmse'],
+                'oracle_rmse': results['oracle']['dwell_rmse'],
+                'rmse_of_predicting_the_mean': results['oracle']['dwell_rmse_of_mean']},
+  }
+  return results
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+def _fmt(value, digits=4):
+  return 'n/a' if value is None else f'{value:.{digits}f}'
+
+
+def report(results: Dict[str, Any]) -> str:
+  out = []
+  k = results['kendall']
+  out += ['### 1. Kendall et al. reproduction', '',
+          f'{k["samples"]} samples, {k["steps"]} steps, 1024-unit trunk.', '',
+          '| task | true sigma | learned sigma | relative error |', '| --- | --- | --- | --- |']
+  for t in ('y1', 'y2'):
+    out.append(f'| {t} | {k["true_sigma"][t]:g} | {k["learned_sigma"][t]:.3f} | '
+               f'{k["relative_error"][t]:.1%} |')
+  if 'pipeline' in results:
+    p = results['pipeline']
+    g = p['oracle_gap']
+    out += ['', '### 2. Oracle gap on the sample logs (eval split: users unseen in training)', '',
+            f'{p["rows"]} rows over 5 days, {p["train_steps"]} steps, shared-bottom, '
+            f'uncertainty weighting; {p["oracle"]["eval_rows"]} eval rows.', '',
+            '| task | model | oracle | model / oracle |', '| --- | --- | --- | --- |']
+    for t in ('click', 'conversion'):
+      out.append(f'| {t} AUC | {_fmt(g[t]["model_auc"])} | {_fmt(g[t]["oracle_auc"])} | '
+                 f'{g[t]["ratio"]:.1%} |')
+    out.append(f'| dwell RMSE (s) | {_fmt(g["dwell"]["model_rmse"], 2)} | '
+               f'{_fmt(g["dwell"]["oracle_rmse"], 2)} | predicting the mean: '
+               f'{_fmt(g["dwell"]["rmse_of_predicting_the_mean"], 2)} |')
+    out += ['', '### 3. Loss weighting strategies (dwell in raw seconds)', '',
+            '| weighting | click AUC | conversion AUC | dwell RMSE | dwell weight |',
+            '| --- | --- | --- | --- | --- |']
+    for name, w in p['weighting'].items():
+      out.append(f'| {name} | {_fmt(w["click"]["auc"])} | {_fmt(w["conversion"]["auc"])} | '
+                 f'{_fmt(w["dwell"]["rmse"], 2)} | {_fmt(w["dwell"]["loss_weight"])} |')
+  m = results['mmoe']
+  out += ['', '### 4. MMoE vs shared-bottom (MMoE paper synthetic data, test MSE, mean over '
+          f'{next(iter(m.values()))["seeds"]} seeds)', '',
+          '| correlation | model | task 1 MSE | task 2 MSE |', '| --- | --- | --- | --- |']
+  for r in m.values():
+    out.append(f'| {r["correlation"]} | {r["model"]} | {r["test_mse_t1"]:.4f} | '
+               f'{r["test_mse_t2"]:.4f} |')
+  return '\n'.join(out)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true', help='smaller sizes, for a smoke run')
+  parser.add_argument('--skip-pipeline', action='store_true', help='only experiments 1 and 4')
+  parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results',
+                                                    'quality.json'))
+  args = parser.parse_args()
+  results: Dict[str, Any] = {}
+  started = time.time()
+  results['kendall'] = kendall(samples=2000 if args.quick else 20000,
+                               steps=500 if args.quick else 4000)
+  results['mmoe'] = mmoe_vs_shared_bottom(seeds=1 if args.quick else 3,
+                                          steps=300 if args.quick else 2000)
+  if not args.skip_pipeline:
+    results['pipeline'] = pipeline_experiments(rows=5000 if args.quick else 60000,
+                                               steps=50 if args.quick else 800)
+  results['wall_seconds'] = round(time.time() - started, 1)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, 'w') as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+  print(report(results))
+  print(f'\n(wrote {args.out}; {results["wall_seconds"]} s)')
+
+
+if __name__ == '__main__':
+  main()
