@@ -7,11 +7,13 @@ artifact is still written first, so the full report stays inspectable in ML Meta
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.components import ExampleValidator
 from tfx.components.example_validator import executor as example_validator_executor
+from tfx.components.example_validator import labels
 from tfx.dsl.components.base import executor_spec
 
 
@@ -47,9 +49,9 @@ class Executor(example_validator_executor.Executor):
 
   def _Validate(self, inputs: Dict[str, Any], outputs: Dict[str, Any]):
     anomalies = super()._Validate(inputs, outputs)
-    split = outputs['schema_diff_path'] if 'schema_diff_path' in outputs else ''
-    split = str(split[0] if isinstance(split, list) else split).rstrip('/').rsplit('/', 1)[-1]
-    self._found.extend(f'[{split}] {line}' for line in describe_anomalies(anomalies))
+    # The output path of one split ends in its directory, `Split-<name>`.
+    split_dir = os.path.basename(str(outputs[labels.SCHEMA_DIFF_PATH]).rstrip('/'))
+    self._found.extend(f'[{split_dir}] {line}' for line in describe_anomalies(anomalies))
     return anomalies
 
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from google.protobuf import json_format
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.components.statistics_gen import stats_artifact_utils
@@ -75,7 +76,6 @@ def _custom(artifact: metadata_store_pb2.Artifact, key: str) -> Any:
   value = artifact.custom_properties[key]
   kind = value.WhichOneof('value')
   if kind == 'struct_value':
-    from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
     return json_format.MessageToDict(value.struct_value)
   return getattr(value, kind)
 

@@ -71,17 +71,22 @@ class LossWeighting(tf.keras.layers.Layer):
            ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     """Returns (total loss, {task: effective weight})."""
     total = tf.constant(0.0)
-    weights = {}
-    for name, task_type, fixed in zip(self.task_names, self.task_types, self.fixed_weights):
+    for name, task_type in zip(self.task_names, self.task_types):
       if self.weighting == 'uncertainty':
-        s = self._effective(name)
-        total += uncertainty_loss(task_type, task_losses[name], s)
-        weights[name] = uncertainty_weight(task_type, s)
+        total += uncertainty_loss(task_type, task_losses[name], self._effective(name))
       else:
-        weight = tf.constant(fixed if self.weighting == 'fixed' else 1.0)
-        total += weight * task_losses[name]
-        weights[name] = weight
-    return total, weights
+        total += self._fixed(name) * task_losses[name]
+    return total, self.weights()
+
+  def weights(self) -> Dict[str, tf.Tensor]:
+    """The effective weight multiplying each task's loss, now."""
+    return {name: (uncertainty_weight(task_type, self._effective(name))
+                   if self.weighting == 'uncertainty' else self._fixed(name))
+            for name, task_type in zip(self.task_names, self.task_types)}
+
+  def _fixed(self, name: str) -> tf.Tensor:
+    weight = self.fixed_weights[self.task_names.index(name)] if self.weighting == 'fixed' else 1.0
+    return tf.constant(weight)
 
   def _effective(self, name: str) -> tf.Tensor:
     s = self.log_variances[name]

@@ -80,7 +80,7 @@ def estimate_label_means(dataset: tf.data.Dataset, config: PipelineConfig) -> Di
 def _summarise(history: Mapping[str, List[float]], config: PipelineConfig,
                model: MultiTaskModel) -> Dict:
   sigmas = model.loss_weighting.sigmas()
-  _, weights = model.loss_weighting({t.name: tf.constant(0.0) for t in config.tasks})
+  weights = model.loss_weighting.weights()
   tasks = {}
   for t in config.tasks:
     tasks[t.name] = {
