@@ -277,17 +277,23 @@ def main() -> None:
   args = parser.parse_args()
   results: Dict[str, Any] = {}
   started = time.time()
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+
+  def save():  # after each experiment, so a late failure keeps the earlier numbers
+    results['wall_seconds'] = round(time.time() - started, 1)
+    with open(args.out, 'w') as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+
   results['kendall'] = kendall(samples=2000 if args.quick else 20000,
                                steps=500 if args.quick else 4000)
+  save()
   results['mmoe'] = mmoe_vs_shared_bottom(seeds=1 if args.quick else 3,
                                           steps=300 if args.quick else 2000)
+  save()
   if not args.skip_pipeline:
     results['pipeline'] = pipeline_experiments(rows=5000 if args.quick else 60000,
                                                steps=50 if args.quick else 800)
-  results['wall_seconds'] = round(time.time() - started, 1)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+    save()
   print(report(results))
   print(f'\n(wrote {args.out}; {results["wall_seconds"]} s)')
 

@@ -76,9 +76,9 @@ class LossWeighting(tf.keras.layers.Layer):
         total += uncertainty_loss(task_type, task_losses[name], self._effective(name))
       else:
         total += self._fixed(name) * task_losses[name]
-    return total, self.weights()
+    return total, self.task_weights()
 
-  def weights(self) -> Dict[str, tf.Tensor]:
+  def task_weights(self) -> Dict[str, tf.Tensor]:
     """The effective weight multiplying each task's loss, now."""
     return {name: (uncertainty_weight(task_type, self._effective(name))
                    if self.weighting == 'uncertainty' else self._fixed(name))

@@ -80,7 +80,7 @@ def estimate_label_means(dataset: tf.data.Dataset, config: PipelineConfig) -> Di
 def _summarise(history: Mapping[str, List[float]], config: PipelineConfig,
                model: MultiTaskModel) -> Dict:
   sigmas = model.loss_weighting.sigmas()
-  weights = model.loss_weighting.weights()
+  weights = model.loss_weighting.task_weights()
   tasks = {}
   for t in config.tasks:
     tasks[t.name] = {
