@@ -47,13 +47,20 @@ def _categorical(name: str, value: Any) -> tf.train.Feature:
   else:
     raise RecordError(f'bad_type:{name}',
                       f'{name} must be a string or an integer, got {json.dumps(value)}')
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode('utf-8')]))
+  try:
+    encoded = text.encode('utf-8')
+  except UnicodeEncodeError as e:  # e.g. a lone surrogate escaped in the JSON ("\ud800")
+    raise RecordError(f'bad_string:{name}', f'{name} is not valid Unicode: {e}') from None
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
 
 
 def _finite_float(name: str, value: Any) -> float:
   if not _is_number(value):
     raise RecordError(f'bad_type:{name}', f'{name} must be a number, got {json.dumps(value)}')
-  value = float(value)
+  try:
+    value = float(value)
+  except OverflowError:  # an integer beyond float range
+    raise RecordError(f'non_finite:{name}', f'{name} is too large for a float') from None
   if not math.isfinite(value):
     raise RecordError(f'non_finite:{name}', f'{name} is {value}')
   return value
@@ -116,6 +123,8 @@ def parse_line(line: Union[bytes, str], config: PipelineConfig) -> tf.train.Exam
     record = json.loads(line)
   except ValueError as e:  # json.JSONDecodeError is a ValueError
     raise RecordError('malformed_json', str(e)) from None
+  except RecursionError:
+    raise RecordError('malformed_json', 'nested deeper than the JSON parser allows') from None
   return record_to_example(record, config)
 
 
