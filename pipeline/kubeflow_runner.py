@@ -16,6 +16,7 @@ cron expressions surface as `KubeflowError`, one line each.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -130,6 +131,11 @@ def _upload(client, config: PipelineConfig, package_path: str, version_name: str
   return {'pipeline_id': pipeline_id, 'version_id': version.pipeline_version_id}
 
 
+def _version_stamp() -> str:
+  """Pipeline version name: the UTC upload time."""
+  return datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+
+
 def _compile_and_upload(client, config: PipelineConfig, version_name: str) -> Dict[str, str]:
   with tempfile.TemporaryDirectory() as tmp:
     path = compile_pipeline(config, os.path.join(tmp, 'pipeline.yaml'))
@@ -140,8 +146,7 @@ def submit(config: PipelineConfig, host: str, experiment: Optional[str] = None,
            version_name: Optional[str] = None) -> Dict[str, Any]:
   """Uploads the pipeline (a new version if it exists) and starts a run."""
   def go():
-    import datetime  # pylint: disable=g-import-not-at-top
-    stamp = version_name or datetime.datetime.utcnow().strftime('%Y%m%d-%H%M%S')
+    stamp = version_name or _version_stamp()
     client = _client(host)
     ids = _compile_and_upload(client, config, stamp)
     exp = client.create_experiment(experiment or config.kubeflow.experiment)
@@ -157,10 +162,8 @@ def schedule(config: PipelineConfig, host: str, cron: str,
   check_cron(cron)
 
   def go():
-    import datetime  # pylint: disable=g-import-not-at-top
     client = _client(host)
-    ids = _compile_and_upload(client, config,
-                              datetime.datetime.utcnow().strftime('%Y%m%d-%H%M%S'))
+    ids = _compile_and_upload(client, config, _version_stamp())
     exp = client.create_experiment(experiment or config.kubeflow.experiment)
     job = client.create_recurring_run(
         exp.experiment_id, recurring_run_name(config), cron_expression=cron,
