@@ -152,20 +152,16 @@ def _eval_users(run_dir: str) -> set:
   return users
 
 
+def _records(directory: str):
+  """Every JSON object in the day partitions of a generated log or ground-truth directory."""
+  for path in sorted(glob.glob(os.path.join(directory, '*', '*.gz'))):
+    with gzip.open(path, 'rt') as f:
+      yield from (json.loads(line) for line in f)
+
+
 def _oracle(logs_dir: str, truth_dir: str, users: set) -> Dict[str, float]:
-  rows, truth = {}, {}
-  for path in glob.glob(os.path.join(logs_dir, '*', '*.gz')):
-    with gzip.open(path, 'rt') as f:
-      for line in f:
-        r = json.loads(line)
-        if r['user_id'] in users:
-          rows[r['impression_id']] = r
-  for path in glob.glob(os.path.join(truth_dir, '*', '*.gz')):
-    with gzip.open(path, 'rt') as f:
-      for line in f:
-        t = json.loads(line)
-        if t['impression_id'] in rows:
-          truth[t['impression_id']] = t
+  rows = {r['impression_id']: r for r in _records(logs_dir) if r['user_id'] in users}
+  truth = {t['impression_id']: t for t in _records(truth_dir) if t['impression_id'] in rows}
   ids = sorted(rows)
   click = np.array([rows[i]['click'] for i in ids])
   conversion = np.array([rows[i]['conversion'] for i in ids])
