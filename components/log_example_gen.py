@@ -29,7 +29,6 @@ import collections
 import gzip
 import json
 import os
-import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
@@ -48,7 +47,7 @@ from tfx.types import standard_component_specs
 from tfx.types import system_artifacts
 
 from components.records import RecordError, parse_line, quarantine_entry
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, span_specs
 
 PIPELINE_CONFIG_KEY = 'pipeline_config'
 SPAN_PATTERN_KEY = 'span_pattern'
@@ -126,8 +125,7 @@ def window_patterns(span_pattern: str, span: int, window_spans: int) -> List[Tup
 
   Without a span or date spec in the pattern there is no window: the pattern itself, span 0.
   """
-  is_span = bool(re.search(example_gen_utils.SPAN_FULL_REGEX, span_pattern))
-  is_date = all(spec in span_pattern for spec in example_gen_utils.DATE_SPECS)
+  is_span, is_date = span_specs(span_pattern)
   if not (is_span or is_date):
     return [(0, span_pattern)]
   first = max(0, span - max(1, window_spans) + 1)

@@ -106,9 +106,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
   from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
-  config = load_config(args.config)
-  kubeflow_runner.check_cron(args.cron)  # before anything is compiled or sent
-  result = kubeflow_runner.schedule(config, args.host, args.cron, args.experiment)
+  # schedule() checks the cron expression before anything is compiled or sent.
+  result = kubeflow_runner.schedule(load_config(args.config), args.host, args.cron,
+                                    args.experiment)
   print(f'recurring run {result["recurring_run_id"]} created ({args.cron}, at most one run '
         'at a time, no catch-up)')
   return 0

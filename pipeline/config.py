@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -439,6 +440,13 @@ def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
   return value
 
 
+def span_specs(pattern: str) -> Tuple[bool, bool]:
+  """Whether a file pattern has a {SPAN} (or {SPAN:width}) spec, and whether it has all of
+  the {YYYY} {MM} {DD} date specs: how TFX's ExampleGen driver finds spans."""
+  return (bool(re.search(r'\{SPAN(:[^}]*)?\}', pattern)),
+          all(spec in pattern for spec in ('{YYYY}', '{MM}', '{DD}')))
+
+
 def _check_task_inputs(tasks: Sequence[TaskConfig]) -> None:
   """inputs_from names other tasks and has no cycle."""
   names = [t.name for t in tasks]
@@ -540,9 +548,7 @@ def parse_config(raw: Any) -> PipelineConfig:
 
   _check_task_inputs(tasks)
   data = _section(raw, 'data', DataConfig, _parse_data_field)
-  has_span = '{SPAN' in data.file_pattern or all(
-      spec in data.file_pattern for spec in ('{YYYY}', '{MM}', '{DD}'))
-  if data.window_spans > 1 and not has_span:
+  if data.window_spans > 1 and not any(span_specs(data.file_pattern)):
     raise ConfigError(f'data.window_spans: {data.window_spans} spans need {{SPAN}} or '
                       f'{{YYYY}}-{{MM}}-{{DD}} in data.file_pattern ({data.file_pattern!r})')
   if data.split_key in {t.label for t in tasks}:

@@ -60,6 +60,9 @@ class LossWeighting(tf.keras.layers.Layer):
     self.task_types = list(task_types)
     self.weighting = weighting
     self.fixed_weights = list(fixed_weights) if fixed_weights else [1.0] * len(self.task_names)
+    # What multiplies each task's loss when nothing is learned: the fixed weight, or 1.
+    self._constant_weights = dict(zip(
+        self.task_names, self.fixed_weights if weighting == 'fixed' else [1.0] * len(task_names)))
     self.min_log_variance = min_log_variance
     self.log_variances: Dict[str, tf.Variable] = {}
     if weighting == 'uncertainty':
@@ -75,18 +78,15 @@ class LossWeighting(tf.keras.layers.Layer):
       if self.weighting == 'uncertainty':
         total += uncertainty_loss(task_type, task_losses[name], self._effective(name))
       else:
-        total += self._fixed(name) * task_losses[name]
+        total += self._constant_weights[name] * task_losses[name]
     return total, self.task_weights()
 
   def task_weights(self) -> Dict[str, tf.Tensor]:
     """The effective weight multiplying each task's loss, now."""
-    return {name: (uncertainty_weight(task_type, self._effective(name))
-                   if self.weighting == 'uncertainty' else self._fixed(name))
+    if self.weighting != 'uncertainty':
+      return {name: tf.constant(w) for name, w in self._constant_weights.items()}
+    return {name: uncertainty_weight(task_type, self._effective(name))
             for name, task_type in zip(self.task_names, self.task_types)}
-
-  def _fixed(self, name: str) -> tf.Tensor:
-    weight = self.fixed_weights[self.task_names.index(name)] if self.weighting == 'fixed' else 1.0
-    return tf.constant(weight)
 
   def _effective(self, name: str) -> tf.Tensor:
     s = self.log_variances[name]

@@ -12,6 +12,7 @@ aliases `ctr`, `cvr` and `ctcvr`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Mapping, Optional
 
 import tensorflow as tf
@@ -41,8 +42,7 @@ def build_esmm(config: PipelineConfig, cardinalities: Mapping[str, int],
 
   ctr, click_layers = task_head(click, x)
   # The CVR tower: the conversion task's head settings, a sigmoid output of its own name.
-  cvr_task = type(conversion)(name=f'{conversion.name}_cvr', label=conversion.label,
-                              type='binary', head_units=conversion.head_units)
+  cvr_task = dataclasses.replace(conversion, name=f'{conversion.name}_cvr')
   cvr, cvr_layers = task_head(cvr_task, x)
   ctcvr = tf.keras.layers.Multiply(name=conversion.name)([ctr, cvr])
 
