@@ -6,9 +6,17 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
 - each line is converted by `components.records.parse_line` against the pipeline config;
 - a line that cannot be converted goes, with its file, line number and reason, to the
   `quarantine` output (JSON lines), never dropped silently;
-- `quarantine/counts.json` counts ingested lines and rejected lines by reason; the same counts
-  are custom properties of the quarantine artifact (`num_ingested`, `num_quarantined`,
-  `reasons`), so ML Metadata answers "how much was rejected, and why";
+- exact duplicate lines in the window (byte for byte, ignoring the line ending): the one with
+  the smallest (file, line number) is ingested, every other copy is quarantined as `duplicate`;
+- a file that breaks mid-way (truncated or corrupt gzip): the lines before the break are
+  ingested, the break is quarantined as `unreadable_file`;
+- `quarantine/counts.json` counts ingested lines, rejected lines by reason, fields the config
+  does not name (ignored, counted by name over ingested records), files read, empty files,
+  blank lines skipped, and the window's spans that held no records; the main counts are
+  custom properties of the quarantine artifact (`num_ingested`, `num_quarantined`, `reasons`),
+  so ML Metadata answers "how much was rejected, and why";
+- no records at all in the window (no lines, or only empty files and blank lines) fails the
+  component with a message naming the input and the files found;
 - if the rejected fraction exceeds `data.max_rejected_fraction`, the component fails with the
   top reasons and the quarantine location, before anything trains on the data.
 
@@ -27,12 +35,15 @@ from __future__ import annotations
 
 import collections
 import gzip
+import io
 import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
@@ -46,7 +57,8 @@ from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs
 from tfx.types import system_artifacts
 
-from components.records import RecordError, parse_line, quarantine_entry
+from components.records import (RecordError, known_fields, parse_line_with_unknown_fields,
+                                quarantine_entry)
 from pipeline.config import PipelineConfig, span_specs
 
 PIPELINE_CONFIG_KEY = 'pipeline_config'
@@ -56,7 +68,13 @@ QUARANTINE_KEY = 'quarantine'
 COUNTS_FILE = 'counts.json'
 RECORDS_PREFIX = 'records'
 _QUARANTINE_URI = '_quarantine_uri'
-_INGESTED = '__ingested__'
+_FILES_KEY = 'files'
+_UNKNOWN_KEY = 'unknown_fields'
+DUPLICATE = 'duplicate'
+UNREADABLE_FILE = 'unreadable_file'
+# counts.json lists at most this many unknown field names (the most frequent) and empty files.
+MAX_LISTED = 100
+_MAX_FIELD_NAME_CHARS = 200
 
 
 class QuarantinedRecords(artifact_lib.Artifact):
@@ -80,44 +98,139 @@ class LogExampleGenSpec(component_spec.ComponentSpec):
   }
 
 
-def _read_lines(readable_file: fileio.ReadableFile) -> Iterable[Tuple[str, int, bytes]]:
-  """Yields (file, line number, raw line); a file that breaks mid-way yields an error marker."""
-  path = readable_file.metadata.path
-  line_number = 0
-  try:
-    with readable_file.open() as f:  # decompresses .gz by extension
-      while True:
-        line = f.readline()
-        if not line:
-          break
-        line_number += 1
-        if line.strip():
-          yield path, line_number, line
-  except Exception as e:  # pylint: disable=broad-except
-    # A truncated or corrupt file: what was read is kept; the break itself is quarantined.
-    yield path, line_number + 1, RecordError('unreadable_file', f'{type(e).__name__}: {e}')
+def _match(span_and_pattern: Tuple[int, str]) -> Iterable[Tuple[int, Any]]:
+  """(span, file metadata) of each file matching the span's pattern; none is allowed."""
+  span, pattern = span_and_pattern
+  for metadata in FileSystems.match([pattern])[0].metadata_list:
+    yield span, metadata
 
 
-class _ParseLine(beam.DoFn):
-  """Converts lines to examples; rejected lines go to the quarantine tagged output."""
+class _UntilError(io.RawIOBase):
+  """A readable stream that ends where the wrapped one fails, remembering the error, so the
+  lines before a break are read normally and the break is seen as an early end."""
+
+  def __init__(self, *streams):
+    """Reads the first stream; closes them all (a decompressor and the file below it)."""
+    super().__init__()
+    self._streams = streams
+    self._read = getattr(streams[0], 'read1', streams[0].read)
+    self.error: Optional[Exception] = None
+
+  def close(self):
+    super().close()
+    for stream in self._streams:
+      stream.close()
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    if self.error is not None:
+      return 0
+    try:
+      # read1: one read of the wrapped stream, so the data before a failing read is not lost
+      data = self._read(len(buffer))
+    except Exception as e:  # pylint: disable=broad-except
+      self.error = e
+      return 0
+    buffer[:len(data)] = data
+    return len(data)
+
+
+def _open(metadata) -> _UntilError:
+  """The file's decompressed bytes. Gzip goes through Python's gzip module, which (unlike
+  Beam's decompressing reader) raises on a stream that ends before its end marker."""
+  if metadata.path.endswith('.gz'):
+    raw = FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return _UntilError(gzip.GzipFile(fileobj=raw, mode='rb'), raw)
+  return _UntilError(fileio.ReadableFile(metadata).open())  # other compressions by extension
+
+
+class _ReadLines(beam.DoFn):
+  """(file, line number, raw line) for each non-blank line of a file, plus, tagged `files`, one
+  (span, file, non-blank lines, blank lines, unreadable) summary per file.
+
+  A file that breaks mid-way (truncated or corrupt gzip, a read error): the complete lines
+  before the break are read as usual, and the break goes, tagged `quarantine`, to the
+  quarantine as `unreadable_file`, with the start of the broken line as its raw text.
+  """
+
+  def process(self, span_and_file: Tuple[int, Any]):
+    span, metadata = span_and_file
+    path = metadata.path
+    line_number = records = blank = 0
+    partial = b''
+    try:
+      stream = _open(metadata)
+      with io.BufferedReader(stream) as f:
+        for line in iter(f.readline, b''):
+          if stream.error is not None and not line.endswith(b'\n'):
+            partial = line  # cut by the break: the start of a line, not a whole one
+            break
+          line_number += 1
+          if line.strip():
+            records += 1
+            yield path, line_number, line
+          else:
+            blank += 1
+      error = stream.error
+    except Exception as e:  # pylint: disable=broad-except  # e.g. the file cannot be opened
+      error = e
+    if error is not None:
+      yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(
+          partial, path, line_number + 1,
+          RecordError(UNREADABLE_FILE, f'{type(error).__name__}: {error}')))
+    yield beam.pvalue.TaggedOutput(_FILES_KEY,
+                                   (span, path, records, blank, error is not None))
+
+
+class _ParseIdenticalLines(beam.DoFn):
+  """Converts one distinct line, given with every (file, line number) holding it.
+
+  A line that converts becomes one example, from the copy with the smallest (file, line
+  number); each other copy is quarantined as `duplicate`, naming the copy kept. A line that
+  does not convert is quarantined at every copy with its own reason (a repeated bad line is
+  reported as what is wrong with it, not as a duplicate). The names of fields the config does
+  not name go, once per example, to the `unknown_fields` output.
+  """
 
   def __init__(self, config_json: str):
     self._config_json = config_json
     self._config: Optional[PipelineConfig] = None
+    self._known = frozenset()
 
   def setup(self):
     self._config = PipelineConfig.from_json(self._config_json)
+    self._known = known_fields(self._config)
 
-  def process(self, element: Tuple[str, int, Any]):
-    path, line_number, line = element
-    if isinstance(line, RecordError):
-      yield beam.pvalue.TaggedOutput(QUARANTINE_KEY,
-                                     quarantine_entry(b'', path, line_number, line))
-      return
+  def process(self, element: Tuple[bytes, Iterable[Tuple[str, int]]]):
+    line, positions = element
+    positions = sorted(positions)
     try:
-      yield parse_line(line, self._config)
+      example, unknown = parse_line_with_unknown_fields(line, self._config, self._known)
     except RecordError as e:
-      yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(line, path, line_number, e))
+      for path, line_number in positions:
+        yield beam.pvalue.TaggedOutput(QUARANTINE_KEY,
+                                       quarantine_entry(line, path, line_number, e))
+      return
+    (path, line_number), *copies = positions
+    yield example
+    for name in unknown:
+      yield beam.pvalue.TaggedOutput(_UNKNOWN_KEY, name[:_MAX_FIELD_NAME_CHARS])
+    for copy_path, copy_line in copies:
+      yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(
+          line, copy_path, copy_line,
+          RecordError(DUPLICATE, f'same line as {path} line {line_number}, which is kept')))
+
+
+def _file_counts(summary: Tuple[int, str, int, int, bool]):
+  span, path, records, blank, unreadable = summary
+  yield ('files', ''), 1
+  yield ('lines_by_span', str(span)), records
+  if blank:
+    yield ('blank_lines', ''), blank
+  if not records and not unreadable:
+    yield ('empty_file', path), 1
 
 
 def window_patterns(span_pattern: str, span: int, window_spans: int) -> List[Tuple[int, str]]:
@@ -139,12 +252,27 @@ def _spans_of(exec_properties: Dict[str, Any]) -> List[Tuple[int, str]]:
                          int(exec_properties.get(WINDOW_SPANS_KEY) or 1))
 
 
-def _counts_to_json(counts: Iterable[Tuple[str, int]]) -> str:
-  counts = dict(counts)
-  ingested = counts.pop(_INGESTED, 0)
-  return json.dumps({'num_ingested': ingested,
-                     'num_quarantined': sum(counts.values()),
-                     'reasons': dict(sorted(counts.items()))}, sort_keys=True)
+def _counts_to_json(counts: Iterable[Tuple[Tuple[str, str], int]]) -> str:
+  """counts.json from ((kind, name), count) pairs; see the module docstring."""
+  by_kind: Dict[str, Dict[str, int]] = collections.defaultdict(dict)
+  for (kind, name), count in counts:
+    by_kind[kind][name] = count
+  reasons = by_kind['reason']
+  unknown = collections.Counter(by_kind['unknown_field'])
+  empty_files = sorted(by_kind['empty_file'])
+  return json.dumps({
+      'num_ingested': by_kind['ingested'].get('', 0),
+      'num_quarantined': sum(reasons.values()),
+      'reasons': dict(sorted(reasons.items())),
+      'unknown_fields': dict(sorted(unknown.most_common(MAX_LISTED))),
+      'num_unknown_field_names': len(unknown),
+      'num_files': by_kind['files'].get('', 0),
+      'num_empty_files': len(empty_files),
+      'empty_files': empty_files[:MAX_LISTED],
+      'num_blank_lines': by_kind['blank_lines'].get('', 0),
+      'lines_by_span': {span: n for span, n in sorted(by_kind['lines_by_span'].items(),
+                                                      key=lambda kv: int(kv[0]))},
+  }, sort_keys=True)
 
 
 @beam.ptransform_fn
@@ -156,28 +284,39 @@ def _LogsToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
   windowed = _spans_of(exec_properties)
   # The latest span's pattern is the one the driver resolved (it must match files); earlier
   # days of the window may be missing.
-  patterns = ([os.path.join(input_base, split_pattern)] if len(windowed) == 1 else
-              [os.path.join(input_base, pattern) for _, pattern in windowed])
+  patterns = ([(windowed[0][0], os.path.join(input_base, split_pattern))]
+              if len(windowed) == 1 else
+              [(span, os.path.join(input_base, pattern)) for span, pattern in windowed])
   quarantine_uri = exec_properties[_QUARANTINE_URI]
-  parsed = (
+  read = (
       pipeline
       | 'Patterns' >> beam.Create(patterns)
-      | 'MatchFiles' >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-      | 'ReadMatches' >> fileio.ReadMatches()
-      | 'ReadLines' >> beam.FlatMap(_read_lines)
-      # Files are read whole by one worker each; spread the lines before the parsing work.
-      | 'Spread' >> beam.Reshuffle()
-      | 'Parse' >> beam.ParDo(_ParseLine(exec_properties[PIPELINE_CONFIG_KEY])).with_outputs(
-          QUARANTINE_KEY, main='examples'))
-  quarantined = parsed[QUARANTINE_KEY]
+      | 'MatchFiles' >> beam.FlatMap(_match)
+      | 'SpreadFiles' >> beam.Reshuffle()
+      | 'ReadLines' >> beam.ParDo(_ReadLines()).with_outputs(
+          QUARANTINE_KEY, _FILES_KEY, main='lines'))
+  # Grouping identical lines finds duplicates, parses each distinct line once, and spreads the
+  # lines (each file was read whole by one worker) before the parsing work.
+  parsed = (
+      read.lines
+      | 'KeyByLine' >> beam.Map(lambda e: (e[2].rstrip(b'\r\n'), (e[0], e[1])))
+      | 'GroupIdenticalLines' >> beam.GroupByKey()
+      | 'Parse' >> beam.ParDo(_ParseIdenticalLines(
+          exec_properties[PIPELINE_CONFIG_KEY])).with_outputs(
+              QUARANTINE_KEY, _UNKNOWN_KEY, main='examples'))
+  quarantined = ((read[QUARANTINE_KEY], parsed[QUARANTINE_KEY])
+                 | 'AllQuarantined' >> beam.Flatten())
   _ = (quarantined
        | 'QuarantineToJson' >> beam.Map(json.dumps, sort_keys=True)
        | 'WriteQuarantine' >> beam.io.WriteToText(
            os.path.join(quarantine_uri, RECORDS_PREFIX), file_name_suffix='.jsonl.gz'))
-  _ = ((parsed.examples | 'IngestedKey' >> beam.Map(lambda _: _INGESTED),
-        quarantined | 'ReasonKey' >> beam.Map(lambda q: q['reason']))
+  _ = ((parsed.examples | 'IngestedKey' >> beam.Map(lambda _: (('ingested', ''), 1)),
+        quarantined | 'ReasonKey' >> beam.Map(lambda q: (('reason', q['reason']), 1)),
+        parsed[_UNKNOWN_KEY] | 'UnknownFieldKey' >> beam.Map(
+            lambda name: (('unknown_field', name), 1)),
+        read[_FILES_KEY] | 'FileKeys' >> beam.FlatMap(_file_counts))
        | 'AllKeys' >> beam.Flatten()
-       | 'CountByKey' >> beam.combiners.Count.PerElement()
+       | 'SumByKey' >> beam.CombinePerKey(sum)
        | 'CountsToList' >> beam.combiners.ToList()
        | 'CountsToJson' >> beam.Map(_counts_to_json)
        | 'WriteCounts' >> beam.io.WriteToText(os.path.join(quarantine_uri, COUNTS_FILE),
@@ -222,15 +361,27 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     quarantine.set_string_custom_property('reasons', json.dumps(counts['reasons']))
     spans = [span for span, _ in _spans_of(exec_properties)]
     quarantine.set_string_custom_property('spans', json.dumps(spans))
+    # Spans of the window with no records: missing days, or days whose files are all empty.
+    counts['spans_without_records'] = [
+        span for span in spans if not counts['lines_by_span'].get(str(span))
+    ] if any(span_specs(exec_properties[SPAN_PATTERN_KEY])) else []
+    quarantine.set_int_custom_property('num_empty_files', counts['num_empty_files'])
+    quarantine.set_string_custom_property('unknown_fields', json.dumps(counts['unknown_fields']))
     with tf.io.gfile.GFile(os.path.join(quarantine.uri, COUNTS_FILE), 'w') as f:
       f.write(json.dumps(dict(counts, spans=spans), sort_keys=True))
 
     config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
     total = counts['num_ingested'] + counts['num_quarantined']
     if total == 0:
+      input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+      window = (f'spans {spans[0]}..{spans[-1]} of ' if len(spans) > 1 else '')
+      found = (f'{counts["num_files"]} file(s) matched, all empty '
+               f'({counts["num_blank_lines"]} blank line(s) in all)'
+               if counts['num_files'] else 'no file matched')
       raise RuntimeError(
-          f'No log records found under {exec_properties[standard_component_specs.INPUT_BASE_KEY]}'
-          ' for the configured pattern: nothing to train on.')
+          f'No log records in the input window ({window}{input_base}/'
+          f'{exec_properties[SPAN_PATTERN_KEY]}): {found}. Nothing to train on; the run stops '
+          'before StatisticsGen and Transform.')
     rejected = counts['num_quarantined'] / total
     if rejected > config.data.max_rejected_fraction:
       top = collections.Counter(counts['reasons']).most_common(3)

@@ -10,16 +10,22 @@ clients building serving requests all produce the same examples:
 - the split key (`data.split_key`), when it is not a feature -> bytes feature, like a
   categorical one: ingestion splits train/eval by it.
 
+Value rules, from the config: a categorical value (or the split key) longer than
+`data.max_string_bytes` in UTF-8 is rejected (`string_too_long:<field>`); a numeric feature
+outside its `min`/`max`, or a regression label outside its task's `label_min`/`label_max`, is
+rejected (`out_of_range:<field>`).
+
 A record that cannot be converted raises `RecordError`, whose `reason` is a short code with
 the field name (e.g. `missing_field:click`); ingestion counts rejected records by that reason.
-Fields the config does not name are ignored.
+Fields the config does not name are ignored; `unknown_fields` lists them, so ingestion can
+count them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 import tensorflow as tf
 
@@ -34,12 +40,15 @@ class RecordError(ValueError):
     self.reason = reason
     self.detail = detail
 
+  def __reduce__(self):  # picklable (Beam may encode it), despite the two-argument __init__
+    return RecordError, (self.reason, self.detail)
+
 
 def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _categorical(name: str, value: Any) -> tf.train.Feature:
+def _categorical(name: str, value: Any, max_bytes: Optional[int] = None) -> tf.train.Feature:
   if isinstance(value, str):
     text = value
   elif isinstance(value, int) and not isinstance(value, bool):
@@ -51,6 +60,9 @@ def _categorical(name: str, value: Any) -> tf.train.Feature:
     encoded = text.encode('utf-8')
   except UnicodeEncodeError as e:  # e.g. a lone surrogate escaped in the JSON ("\ud800")
     raise RecordError(f'bad_string:{name}', f'{name} is not valid Unicode: {e}') from None
+  if max_bytes is not None and len(encoded) > max_bytes:
+    raise RecordError(f'string_too_long:{name}',
+                      f'{name} is {len(encoded)} bytes, above data.max_string_bytes={max_bytes}')
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
 
 
@@ -63,6 +75,16 @@ def _finite_float(name: str, value: Any) -> float:
     raise RecordError(f'non_finite:{name}', f'{name} is too large for a float') from None
   if not math.isfinite(value):
     raise RecordError(f'non_finite:{name}', f'{name} is {value}')
+  return value
+
+
+def _in_range(name: str, value: float, low: Optional[float], high: Optional[float],
+              keys: Tuple[str, str]) -> float:
+  """`value` if within [low, high] (either may be None: unbounded); `keys` name the bounds."""
+  if low is not None and value < low:
+    raise RecordError(f'out_of_range:{name}', f'{name} is {value}, below {keys[0]}={low}')
+  if high is not None and value > high:
+    raise RecordError(f'out_of_range:{name}', f'{name} is {value}, above {keys[1]}={high}')
   return value
 
 
@@ -91,29 +113,52 @@ def record_to_example(record: Mapping[str, Any], config: PipelineConfig,
     return record[name]
 
   split_key = config.data.split_key
+  max_bytes = config.data.max_string_bytes
   if split_key not in {f.name for f in config.features}:
     # The split key need not be a model feature, but ingestion splits by it, so it is kept.
-    features[split_key] = _categorical(split_key, value_of(split_key))
+    features[split_key] = _categorical(split_key, value_of(split_key), max_bytes)
   for feature in config.features:
     value = value_of(feature.name)
     if feature.type == 'categorical':
-      features[feature.name] = _categorical(feature.name, value)
+      features[feature.name] = _categorical(feature.name, value, max_bytes)
     else:
-      features[feature.name] = tf.train.Feature(float_list=tf.train.FloatList(
-          value=[_finite_float(feature.name, value)]))
+      number = _in_range(feature.name, _finite_float(feature.name, value), feature.min,
+                         feature.max, ('min', 'max'))
+      features[feature.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[number]))
   if with_labels:
     for task in config.tasks:
       value = value_of(task.label)
       if task.type == 'binary':
         features[task.label] = _binary_label(task.label, value)
       else:
-        features[task.label] = tf.train.Feature(float_list=tf.train.FloatList(
-            value=[_finite_float(task.label, value)]))
+        number = _in_range(task.label, _finite_float(task.label, value), task.label_min,
+                           task.label_max, ('label_min', 'label_max'))
+        features[task.label] = tf.train.Feature(float_list=tf.train.FloatList(value=[number]))
   return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def known_fields(config: PipelineConfig) -> FrozenSet[str]:
+  """The log fields the config reads: features, the split key and the labels."""
+  return frozenset([f.name for f in config.features] + [config.data.split_key] +
+                   [t.label for t in config.tasks])
+
+
+def unknown_fields(record: Mapping[str, Any], config: PipelineConfig,
+                   known: Optional[FrozenSet[str]] = None) -> List[str]:
+  """The record's fields that the config does not name (ignored), sorted."""
+  known = known_fields(config) if known is None else known
+  return sorted(name for name in record if name not in known)
 
 
 def parse_line(line: Union[bytes, str], config: PipelineConfig) -> tf.train.Example:
   """Decodes one JSON line and converts it; raises RecordError with the reason."""
+  return parse_line_with_unknown_fields(line, config)[0]
+
+
+def parse_line_with_unknown_fields(line: Union[bytes, str], config: PipelineConfig,
+                                   known: Optional[FrozenSet[str]] = None
+                                   ) -> Tuple[tf.train.Example, List[str]]:
+  """Like `parse_line`, and also returns the record's fields the config does not name."""
   if isinstance(line, bytes):
     try:
       line = line.decode('utf-8')
@@ -125,7 +170,8 @@ def parse_line(line: Union[bytes, str], config: PipelineConfig) -> tf.train.Exam
     raise RecordError('malformed_json', str(e)) from None
   except RecursionError:
     raise RecordError('malformed_json', 'nested deeper than the JSON parser allows') from None
-  return record_to_example(record, config)
+  example = record_to_example(record, config)
+  return example, unknown_fields(record, config, known)
 
 
 def quarantine_entry(line: Union[bytes, str], source: str, line_number: Optional[int],

@@ -12,9 +12,10 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 FEATURE_TYPES = ('categorical', 'numeric')
 NUMERIC_SCALINGS = ('z_score', 'log', 'none')
@@ -31,6 +32,20 @@ TASK_METRICS = {
     'binary': ('auc', 'binary_crossentropy', 'calibration', 'mean_prediction', 'mean_label'),
     'regression': ('root_mean_squared_error', 'mean_absolute_error', 'mean_prediction',
                    'mean_label'),
+}
+# TFDV anomaly kinds that data.accept_anomalies may list.
+ANOMALY_KINDS = tuple(name for name in anomalies_pb2.AnomalyInfo.Type.keys()
+                      if name != 'UNKNOWN_TYPE')
+# Metrics a new model may be compared on against the served one, and which way is better.
+METRIC_DIRECTIONS = {
+    'auc': 'higher',
+    'binary_crossentropy': 'lower',
+    'root_mean_squared_error': 'lower',
+    'mean_absolute_error': 'lower',
+}
+DEFAULT_MAX_REGRESSION = {
+    'binary': {'auc': 0.01},
+    'regression': {'root_mean_squared_error': '2%'},
 }
 
 
@@ -49,6 +64,14 @@ class FeatureConfig:
   embedding_dim: int = 8
   # numeric
   scaling: str = 'z_score'
+  # numeric: ingestion quarantines a value below min or above max (out_of_range:<name>)
+  min: Optional[float] = None
+  max: Optional[float] = None
+  # Validation against the previous span's statistics (drift) and of the train split against
+  # the eval split (skew): L-infinity distance for categorical features, Jensen-Shannon
+  # divergence for numeric ones; above the threshold the run stops before Transform.
+  max_drift: Optional[float] = None
+  max_skew: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +100,14 @@ class TaskConfig:
   # Other tasks whose estimates this task's head takes as inputs, under stop_gradient.
   inputs_from: Sequence[str] = ()
   loss_weight: float = 1.0  # used by training.loss_weighting: fixed
+  # Against the served model: how much worse each metric may get, in the metric's own units
+  # (a number) or relative to the served value (a string such as '2%'). Empty: the defaults,
+  # DEFAULT_MAX_REGRESSION[type].
+  max_regression: Mapping[str, Union[float, str]] = dataclasses.field(default_factory=dict)
+  # regression: ingestion quarantines a label below label_min or above label_max
+  # (out_of_range:<label>); a binary label must be 0 or 1 anyway.
+  label_min: Optional[float] = None
+  label_max: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +119,11 @@ class DataConfig:
   max_rejected_fraction: float = 0.01
   schema: Optional[str] = None  # curated schema (pbtxt); SchemaGen infers one when absent
   window_spans: int = 1  # with {SPAN} or {YYYY}-{MM}-{DD} in file_pattern: how many recent spans
+  # Categorical values (and the split key) longer than this in UTF-8 bytes are quarantined
+  # (string_too_long:<name>).
+  max_string_bytes: int = 1024
+  # Anomaly kinds (TFDV names, e.g. COMPARATOR_L_INFINITY_HIGH) reported but not stopping the run.
+  accept_anomalies: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +155,10 @@ class TrainingConfig:
 class ServingConfig:
   model_name: str = 'mtl_model'
   push_dir: str = 'serving'
+  compare_with_served: bool = True  # bless only if no task is worse than the served model
+  keep_versions: int = 5            # versions kept in the push directory (older are deleted)
+  canary: bool = False              # label the newest version canary, the previous stable
+  warmup_examples: int = 16         # eval examples written as TF Serving warmup requests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +210,19 @@ class PipelineConfig:
     raise KeyError(name)
 
   def data_view(self) -> 'PipelineConfig':
-    """Only what ingestion and Transform read: data, features, and each task's label and type.
+    """Only what ingestion and Transform read: data, features, and each task's label, type and
+    label range.
 
-    They receive this view, so changing the model, training or serving sections leaves their
-    ML Metadata cache keys unchanged and a rerun reuses their outputs.
+    They receive this view, so changing the model, training or serving sections, or the
+    validation settings (drift, skew, accepted anomalies), leaves their ML Metadata cache keys
+    unchanged and a rerun reuses their outputs.
     """
-    return PipelineConfig(name=self.name, data=self.data, features=self.features,
-                          tasks=tuple(TaskConfig(name=t.name, label=t.label, type=t.type)
+    return PipelineConfig(name=self.name,
+                          data=dataclasses.replace(self.data, accept_anomalies=()),
+                          features=tuple(dataclasses.replace(f, max_drift=None, max_skew=None)
+                                         for f in self.features),
+                          tasks=tuple(TaskConfig(name=t.name, label=t.label, type=t.type,
+                                                 label_min=t.label_min, label_max=t.label_max)
                                       for t in self.tasks))
 
   def to_dict(self) -> Dict[str, Any]:
@@ -271,7 +317,7 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   _check_keys(raw, path, [f.name for f in dataclasses.fields(FeatureConfig)], ['name', 'type'])
   ftype = _choice(raw['type'], f'{path}.type', FEATURE_TYPES)
   only_for = {'categorical': ('top_k', 'frequency_threshold', 'oov_buckets', 'embedding_dim'),
-              'numeric': ('scaling',)}
+              'numeric': ('scaling', 'min', 'max')}
   defaults = {f.name: f.default for f in dataclasses.fields(FeatureConfig)}
   for other_type, keys in only_for.items():
     for key in keys:
@@ -292,6 +338,18 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
                                       minimum=1)
   if 'scaling' in raw:
     kwargs['scaling'] = _choice(raw['scaling'], f'{path}.scaling', NUMERIC_SCALINGS)
+  for key in ('min', 'max'):
+    if raw.get(key) is not None:
+      kwargs[key] = _number(raw[key], f'{path}.{key}')
+      if not -float('inf') < kwargs[key] < float('inf'):
+        raise ConfigError(f'{path}.{key}: must be a finite number, got {raw[key]!r}')
+  if kwargs.get('min') is not None and kwargs.get('max') is not None and (
+      kwargs['min'] > kwargs['max']):
+    raise ConfigError(f'{path}.min: {kwargs["min"]} is above max {kwargs["max"]}')
+  for key in ('max_drift', 'max_skew'):
+    if raw.get(key) is not None:
+      kwargs[key] = _number(raw[key], f'{path}.{key}', minimum=0.0, maximum=1.0,
+                            exclusive_min=True)
   return FeatureConfig(**kwargs)
 
 
@@ -351,7 +409,47 @@ def _parse_task(raw: Any, path: str) -> TaskConfig:
       raise ConfigError(f'{metric_path}: min {threshold.min} is above max {threshold.max}')
     thresholds[metric] = threshold
   kwargs['thresholds'] = thresholds
+  max_regression = {}
+  for metric, tolerance in _require_mapping(raw.get('max_regression') or {},
+                                            f'{path}.max_regression').items():
+    metric_path = f'{path}.max_regression.{metric}'
+    _choice(metric, metric_path + ' (metric)', list(METRIC_DIRECTIONS))
+    if metric not in TASK_METRICS[ttype]:
+      raise ConfigError(f'{metric_path}: not a metric of a {ttype} task '
+                        f'({", ".join(m for m in TASK_METRICS[ttype] if m in METRIC_DIRECTIONS)})')
+    max_regression[metric] = parse_tolerance(tolerance, metric_path)
+  kwargs['max_regression'] = max_regression
+  for key in ('label_min', 'label_max'):
+    if raw.get(key) is not None:
+      if ttype != 'regression':
+        raise ConfigError(f'{path}.{key}: only applies to regression tasks (a binary label '
+                          'must be 0 or 1)')
+      kwargs[key] = _number(raw[key], f'{path}.{key}')
+      if not -float('inf') < kwargs[key] < float('inf'):
+        raise ConfigError(f'{path}.{key}: must be a finite number, got {raw[key]!r}')
+  if kwargs.get('label_min') is not None and kwargs.get('label_max') is not None and (
+      kwargs['label_min'] > kwargs['label_max']):
+    raise ConfigError(f'{path}.label_min: {kwargs["label_min"]} is above label_max '
+                      f'{kwargs["label_max"]}')
   return TaskConfig(**kwargs)
+
+
+def parse_tolerance(value: Any, path: str) -> Union[float, str]:
+  """A regression tolerance: a non-negative number, or a percentage string such as '2%'."""
+  if isinstance(value, str) and value.endswith('%'):
+    try:
+      percent = float(value[:-1])
+    except ValueError:
+      raise ConfigError(f'{path}: {value!r} is not a percentage such as "2%"') from None
+    if not 0 <= percent < 100:
+      raise ConfigError(f'{path}: {value!r} must be between 0% and 100%')
+    return value
+  return _number(value, path, minimum=0.0)
+
+
+def regression_tolerances(task: TaskConfig) -> Dict[str, Union[float, str]]:
+  """The task's max_regression, or the defaults for its type when none is configured."""
+  return dict(task.max_regression) or dict(DEFAULT_MAX_REGRESSION[task.type])
 
 
 def _parse_data_field(key: str, value: Any, path: str) -> Any:
@@ -367,6 +465,14 @@ def _parse_data_field(key: str, value: Any, path: str) -> Any:
     return _number(value, path, minimum=0.0, maximum=1.0)
   if key == 'window_spans':
     return _number(value, path, int, minimum=1)
+  if key == 'max_string_bytes':
+    return _number(value, path, int, minimum=1)
+  if key == 'accept_anomalies':
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f'{path}: expected a list of anomaly kinds, got {value!r}')
+    for i, kind in enumerate(value):
+      _choice(kind, f'{path}[{i}]', ANOMALY_KINDS)
+    return tuple(value)
   raise AssertionError(key)
 
 
@@ -405,6 +511,14 @@ def _parse_serving_field(key: str, value: Any, path: str) -> Any:
     if not isinstance(value, str) or not value:
       raise ConfigError(f'{path}: expected a non-empty path, got {value!r}')
     return value
+  if key in ('compare_with_served', 'canary'):
+    if not isinstance(value, bool):
+      raise ConfigError(f'{path}: expected true or false, got {value!r}')
+    return value
+  if key == 'keep_versions':
+    return _number(value, path, int, minimum=1)
+  if key == 'warmup_examples':
+    return _number(value, path, int, minimum=0, maximum=1000)
   raise AssertionError(key)
 
 

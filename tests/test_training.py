@@ -1,11 +1,14 @@
-"""Split learning rates and optimizer groups on the real model and training step."""
+"""Split learning rates and optimizer groups on the real model and training step; a NaN loss
+stops training."""
+
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipeline.config import parse_config
-from trainer import optimizers
+from trainer import optimizers, run
 from trainer.model import MultiTaskModel
 from trainer.models import build_network
 
@@ -100,3 +103,29 @@ def test_training_reduces_loss_and_learns_sigmas():
   # The dwell loss is on a much larger scale, so its learned sigma grows beyond click's.
   assert history['dwell_sigma'][-1] > history['dwell_sigma'][0]
   assert history['dwell_sigma'][-1] > history['click_sigma'][-1]
+
+
+def test_nan_loss_stops_training_naming_the_step_and_task(tmp_path):
+  # A dwell head learning rate far too high: its loss overflows within a few steps.
+  config = _config(dwell_learning_rate=1e30)
+  model = _model(config)
+  train_data = tf.data.Dataset.from_tensor_slices(_batch(512, seed=3)).batch(64).repeat()
+  eval_data = tf.data.Dataset.from_tensor_slices(_batch(128, seed=4)).batch(64).repeat()
+  with pytest.raises(run.NonFiniteLossError) as e:
+    run.train(model, train_data, eval_data, config, train_steps=40, eval_steps=4)
+  message = str(e.value)
+  step = re.search(r'Training stopped at step (\d+) of 40: the loss of task\(s\) (\S+) is not '
+                   r'finite \((.*)\)\. No model was exported\.', message)
+  assert step, message
+  assert step.group(2) == 'dwell' and 'click' not in step.group(3), message
+  # Stopped at the first bad step: the steps before it had finite losses.
+  assert 1 <= int(step.group(1)) < 40
+
+
+def test_finite_training_is_not_stopped():
+  config = _config()
+  model = _model(config)
+  train_data = tf.data.Dataset.from_tensor_slices(_batch(512, seed=3)).batch(64).repeat()
+  eval_data = tf.data.Dataset.from_tensor_slices(_batch(128, seed=4)).batch(64).repeat()
+  history = run.train(model, train_data, eval_data, config, train_steps=20, eval_steps=4)
+  assert len(history['loss']) == 10 and all(np.isfinite(history['val_dwell_loss']))

@@ -5,13 +5,18 @@ wrapper inside the distribution strategy's scope, trains with per-group optimize
 configured loss weighting, writes TensorBoard logs and `training_summary.json` (per task: the
 learned sigma and effective loss weight, per epoch and final) to the model-run directory, and
 exports the serving SavedModel.
+
+A loss that becomes NaN or infinite stops training at once with `NonFiniteLossError`, naming
+the step and the task(s) whose loss is not finite; nothing is exported (the export comes only
+after training returns), so the Trainer fails and no model reaches the Evaluator or Pusher.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -77,6 +82,78 @@ def estimate_label_means(dataset: tf.data.Dataset, config: PipelineConfig) -> Di
   return {name: total / max(count, 1) for name, total in sums.items()}
 
 
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss; the model is not exported."""
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+  """Raises NonFiniteLossError at the first training step whose loss is not finite (and after
+  an epoch whose validation loss is not), naming the step and the task(s).
+
+  The per-task losses Keras reports are running means over the epoch, so the first batch at
+  which one turns non-finite is the step that produced it.
+  """
+
+  def __init__(self, task_names: Sequence[str], steps_per_epoch: int, train_steps: int):
+    super().__init__()
+    self._task_names = list(task_names)
+    self._steps_per_epoch = steps_per_epoch
+    self._train_steps = train_steps
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._check(logs, '', f'at step {self._epoch * self._steps_per_epoch + batch + 1} of '
+                f'{self._train_steps}')
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._check(logs, 'val_', f'in validation after epoch {epoch + 1} (step '
+                f'{(epoch + 1) * self._steps_per_epoch} of {self._train_steps})')
+
+  def _check(self, logs: Optional[Mapping[str, float]], prefix: str, where: str) -> None:
+    logs = logs or {}
+    total = logs.get(prefix + 'loss')
+    tasks = {name: float(logs[f'{prefix}{name}_loss']) for name in self._task_names
+             if f'{prefix}{name}_loss' in logs}
+    bad = {name: value for name, value in tasks.items() if not math.isfinite(value)}
+    if not bad and (total is None or math.isfinite(float(total))):
+      return
+    if bad:
+      what = (f'the loss of task(s) {", ".join(sorted(bad))} is not finite ('
+              + ', '.join(f'{name}: {value}' for name, value in sorted(bad.items())) + ')')
+    else:
+      what = (f'the total loss is {float(total)} while every task loss is finite (the loss '
+              'weighting overflowed)')
+    raise NonFiniteLossError(
+        f'Training stopped {where}: {what}. No model was exported. Common causes: a learning '
+        'rate too high for the task (tasks[].optimizer, training.trunk_optimizer), or labels '
+        'far outside the expected range (tasks[].label_min/label_max).')
+
+
+def train(model: MultiTaskModel, train_dataset: tf.data.Dataset, eval_dataset: tf.data.Dataset,
+          config: PipelineConfig, train_steps: int, eval_steps: int,
+          callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Dict[str, List[float]]:
+  """Fits the model for `train_steps` steps (in up to 10 epochs); returns the Keras history.
+
+  Raises NonFiniteLossError at the first step whose loss is NaN or infinite.
+  """
+  epochs = min(_MAX_EPOCHS, train_steps)
+  steps_per_epoch = max(1, train_steps // epochs)
+  stop = StopOnNonFiniteLoss([t.name for t in config.tasks], steps_per_epoch,
+                             steps_per_epoch * epochs)
+  history = model.fit(
+      train_dataset,
+      epochs=epochs,
+      steps_per_epoch=steps_per_epoch,
+      validation_data=eval_dataset,
+      validation_steps=max(1, eval_steps // epochs),
+      callbacks=[stop, *callbacks],
+      verbose=2)
+  return history.history
+
+
 def _summarise(history: Mapping[str, List[float]], config: PipelineConfig,
                model: MultiTaskModel) -> Dict:
   sigmas = model.loss_weighting.sigmas()
@@ -114,18 +191,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     model = MultiTaskModel(network, config)
     model.compile(optimizer=model.group_optimizers['trunk'])
 
-  epochs = min(_MAX_EPOCHS, fn_args.train_steps)
   tensorboard = tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq='epoch')
-  history = model.fit(
-      train_dataset,
-      epochs=epochs,
-      steps_per_epoch=max(1, fn_args.train_steps // epochs),
-      validation_data=eval_dataset,
-      validation_steps=max(1, fn_args.eval_steps // epochs),
-      callbacks=[tensorboard],
-      verbose=2)
+  # Raises NonFiniteLossError on a NaN or infinite loss, before anything below is written.
+  history = train(model, train_dataset, eval_dataset, config, fn_args.train_steps,
+                  fn_args.eval_steps, callbacks=[tensorboard])
 
-  summary = _summarise(history.history, config, model)
+  summary = _summarise(history, config, model)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY_FILE), 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
   export.export_serving_model(model.network, config, tf_transform_output,
