@@ -7,6 +7,7 @@
     mtlp submit --config schemas/impressions.yaml --host http://localhost:8080
     mtlp schedule --config schemas/impressions.yaml --host URL --cron "0 0 3 * * *"
     mtlp unschedule --config schemas/impressions.yaml --host URL
+    mtlp serve-check serving/impressions_mtl/1763712000
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def _run(args: argparse.Namespace) -> int:
         f'(by split: {json.dumps(ingestion.get("examples_by_split", {}))}), '
         f'quarantined {ingestion.get("num_quarantined")} '
         f'{json.dumps(ingestion.get("reasons", {}))}')
+  baseline = summary.get('baseline')
+  print('compared with served version ' + str(baseline['version']) if baseline else
+        'nothing served yet: judged on absolute thresholds only')
   if summary['blessed']:
     print(f'model blessed; pushed version {summary["push"].get("version")} to '
-          f'{summary["push"].get("path")}')
+          f'{summary["push"].get("path")} (labels {summary["push"].get("labels")})')
   else:
     print('model NOT blessed: ' + '; '.join(summary['not_blessed_because']))
   print(f'summary: {summary["summary_path"]}')
@@ -119,6 +123,19 @@ def _unschedule(args: argparse.Namespace) -> int:
   deleted = kubeflow_runner.unschedule(load_config(args.config), args.host)
   print(f'deleted {deleted} recurring run(s)')
   return 0
+
+
+def _serve_check(args: argparse.Namespace) -> int:
+  from pipeline import serve_check  # pylint: disable=g-import-not-at-top
+  if not args.verbose:
+    _quiet_libraries()
+  try:
+    report = serve_check.serve_check(args.version_dir, tolerance=args.tolerance)
+  except serve_check.ServeCheckError as e:
+    print(f'mtlp: {e}', file=sys.stderr)
+    return 2
+  print(serve_check.format_report(report))
+  return 0 if report['ok'] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
       cmd.add_argument('--cron', required=True,
                        help='6 fields, seconds first: "0 0 3 * * *" is daily at 03:00')
     cmd.set_defaults(func=func)
+
+  check = sub.add_parser(
+      'serve-check', help='load a pushed version as TF Serving would and replay its requests',
+      description='Loads <push_dir>/<model_name>/<version> with the serve tag, replays its '
+      'warmup requests, and checks a gRPC PredictRequest and a REST instances request '
+      'against the Evaluator\'s predictions. Exit code 1 if a check fails.')
+  check.add_argument('version_dir', help='a pushed version directory')
+  check.add_argument('--tolerance', type=float, default=1e-5,
+                     help='max absolute difference from the Evaluator\'s predictions')
+  check.set_defaults(func=_serve_check)
   return parser
 
 

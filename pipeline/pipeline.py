@@ -6,7 +6,11 @@ arguments. The graph uses no Resolver node (open-source Kubeflow Pipelines v2 do
 them).
 
     LogExampleGen -> StatisticsGen -> ImportSchemaGen | SchemaGen -> StrictExampleValidator
-                  -> Transform (after validation) -> Trainer -> Evaluator -> Pusher
+                  -> Transform (after validation) -> Trainer
+                  -> ServedBaselineEvaluator -> ServingPusher
+
+The Evaluator's baseline is the model being served, found in the push directory when the
+Evaluator runs (components/served_baseline_evaluator.py), not by a Resolver.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ from tfx import v1 as tfx
 from ml_metadata.proto import metadata_store_pb2
 
 from components.log_example_gen import LogExampleGen
+from components.served_baseline_evaluator import ServedBaselineEvaluator
+from components.serving_pusher import ServingPusher
 from components.strict_example_validator import StrictExampleValidator
-from pipeline.config import TASK_METRICS, PipelineConfig, TaskConfig
+from pipeline.config import (METRIC_DIRECTIONS, TASK_METRICS, PipelineConfig, TaskConfig,
+                             regression_tolerances)
+from trainer.export import SERVING_SIGNATURE, TRANSFORM_SIGNATURE
 from trainer.models import output_labels
 from trainer.preprocessing import CONFIG_KEY
 
 PREPROCESSING_FN = 'trainer.preprocessing.preprocessing_fn'
 RUN_FN = 'trainer.run.run_fn'
-SERVING_SIGNATURE = 'serving_default'
-TRANSFORM_SIGNATURE = 'transform_features'
 
 # Config metric name (TFMA's metric name) -> TFMA metric class.
 METRIC_CLASSES = {
@@ -41,16 +47,34 @@ METRIC_CLASSES = {
 }
 
 
+def change_threshold(metric: str, tolerance) -> tfma.GenericChangeThreshold:
+  """Candidate minus baseline may be at most `tolerance` worse (absolute, or '2%' relative
+  to the baseline's value), in the metric's better direction."""
+  higher = METRIC_DIRECTIONS[metric] == 'higher'
+  threshold = tfma.GenericChangeThreshold(
+      direction=tfma.MetricDirection.HIGHER_IS_BETTER if higher
+      else tfma.MetricDirection.LOWER_IS_BETTER)
+  if isinstance(tolerance, str):
+    allowed = float(tolerance.rstrip('%')) / 100.0
+    threshold.relative.value = -allowed if higher else allowed
+  else:
+    threshold.absolute.value = -tolerance if higher else tolerance
+  return threshold
+
+
 def _metric_config(name: str, task: TaskConfig) -> tfma.MetricConfig:
   metric = tfma.MetricConfig(class_name=METRIC_CLASSES[name])
   bounds = task.thresholds.get(name)
   if bounds is not None:
-    value_threshold = tfma.GenericValueThreshold()
+    value_threshold = metric.threshold.value_threshold
     if bounds.min is not None:
       value_threshold.lower_bound.value = bounds.min
     if bounds.max is not None:
       value_threshold.upper_bound.value = bounds.max
-    metric.threshold.CopyFrom(tfma.MetricThreshold(value_threshold=value_threshold))
+  tolerance = regression_tolerances(task).get(name)
+  if tolerance is not None:
+    # Without a served model TFX "rubber-stamps": change thresholds are dropped.
+    metric.threshold.change_threshold.CopyFrom(change_threshold(name, tolerance))
   return metric
 
 
@@ -77,6 +101,12 @@ def push_base_directory(config: PipelineConfig) -> str:
   return os.path.join(config.serving.push_dir, config.serving.model_name)
 
 
+def statistics_history_dir(config: PipelineConfig, pipeline_root: str) -> str:
+  """Where the validator keeps each span's validated statistics, for the next span's drift
+  check (a path, so it works without a Resolver on Kubeflow too)."""
+  return os.path.join(pipeline_root, 'statistics_history', config.name)
+
+
 def create_pipeline(
     config: PipelineConfig,
     pipeline_root: str,
@@ -94,8 +124,14 @@ def create_pipeline(
   else:
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs['statistics'],
                                           infer_feature_shape=True)
-  example_validator = StrictExampleValidator(statistics=statistics_gen.outputs['statistics'],
-                                             schema=schema_gen.outputs['schema'])
+  example_validator = StrictExampleValidator(
+      statistics=statistics_gen.outputs['statistics'],
+      schema=schema_gen.outputs['schema'],
+      examples=example_gen.outputs['examples'],  # for its span
+      drift_thresholds={f.name: f.max_drift for f in config.features if f.max_drift},
+      skew_thresholds={f.name: f.max_skew for f in config.features if f.max_skew},
+      accept_anomalies=list(config.data.accept_anomalies),
+      statistics_history_dir=statistics_history_dir(config, pipeline_root))
   transform = tfx.components.Transform(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
@@ -111,16 +147,21 @@ def create_pipeline(
       train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
       eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
       custom_config={CONFIG_KEY: config_json})
-  evaluator = tfx.components.Evaluator(
+  evaluator = ServedBaselineEvaluator(
       examples=example_gen.outputs['examples'],
       model=trainer.outputs['model'],
-      eval_config=build_eval_config(config))
-  pusher = tfx.components.Pusher(
+      eval_config=build_eval_config(config),
+      push_dir=config.serving.push_dir if config.serving.compare_with_served else '',
+      model_name=config.serving.model_name,
+      sample_examples=config.serving.warmup_examples).with_id('Evaluator')
+  pusher = ServingPusher(
       model=trainer.outputs['model'],
       model_blessing=evaluator.outputs['blessing'],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(
-              base_directory=push_base_directory(config))))
+      evaluation=evaluator.outputs['evaluation'],
+      push_dir=config.serving.push_dir,
+      model_name=config.serving.model_name,
+      keep_versions=config.serving.keep_versions,
+      canary=config.serving.canary).with_id('Pusher')
 
   return tfx.dsl.Pipeline(
       pipeline_name=config.name,

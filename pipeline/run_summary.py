@@ -22,7 +22,8 @@ from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
 from components.log_example_gen import read_counts
-from pipeline.config import PipelineConfig
+from components.serving_pusher import PUSH_RECORD_FILE
+from pipeline.config import PipelineConfig, regression_tolerances
 from trainer.run import TRAINING_SUMMARY_FILE
 
 SUMMARY_FILE = 'run_summary.json'
@@ -96,28 +97,47 @@ def _split_counts(statistics: metadata_store_pb2.Artifact) -> Dict[str, int]:
   return counts
 
 
-def _eval_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-  """{output name: {metric name: value}} on the overall slice."""
-  metrics: Dict[str, Dict[str, float]] = {}
+def _eval_metrics(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice.
+
+  Without a baseline TFMA leaves the model name empty; that is the candidate.
+  """
+  metrics: Dict[str, Dict[str, Dict[str, float]]] = {'candidate': {}, 'baseline': {}}
   for per_slice in tfma.load_metrics(evaluation_uri):
     if per_slice.slice_key.single_slice_keys:
       continue
     for kv in per_slice.metric_keys_and_values:
-      if kv.value.HasField('double_value'):
-        metrics.setdefault(kv.key.output_name, {})[kv.key.name] = kv.value.double_value.value
+      if kv.key.is_diff or not kv.value.HasField('double_value'):
+        continue
+      model = 'baseline' if kv.key.model_name == 'baseline' else 'candidate'
+      metrics[model].setdefault(kv.key.output_name, {})[kv.key.name] = (
+          kv.value.double_value.value)
   return metrics
 
 
 def _failed_thresholds(evaluation_uri: str) -> List[Dict[str, Any]]:
+  """Each failed check: task, metric, check ('threshold' or 'vs_served'), value, message."""
   result = tfma.load_validation_result(evaluation_uri)
   failures = []
   for per_slice in result.metric_validations_per_slice:
     for failure in per_slice.failures:
+      is_change = failure.metric_threshold.HasField('change_threshold')
       failures.append({'task': failure.metric_key.output_name,
                        'metric': failure.metric_key.name,
+                       'check': 'vs_served' if is_change else 'threshold',
                        'value': failure.metric_value.double_value.value,
                        'message': failure.message})
   return failures
+
+
+def _describe_failure(failure: Dict[str, Any], baseline: Dict[str, Dict[str, float]]) -> str:
+  task, metric = failure['task'], failure['metric']
+  if failure['check'] == 'vs_served':
+    served = baseline.get(task, {}).get(metric)
+    return (f'{task}: {metric} changed by {failure["value"]:+.4f} against the served model '
+            f'({served:.4f}), more than its max_regression allows'
+            if served is not None else f'{task}: {metric} worse than the served model')
+  return f'{task}: {metric} = {failure["value"]:.4f} failed its threshold'
 
 
 def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -> Dict[str, Any]:
@@ -148,25 +168,40 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
         training = json.load(f)
 
   evaluation = _output(nodes.get('Evaluator'), 'evaluation')
-  metrics = _eval_metrics(evaluation.uri) if evaluation is not None else {}
+  all_metrics = (_eval_metrics(evaluation.uri) if evaluation is not None
+                 else {'candidate': {}, 'baseline': {}})
+  metrics, baseline = all_metrics['candidate'], all_metrics['baseline']
   failures = _failed_thresholds(evaluation.uri) if evaluation is not None else []
   blessing = _output(nodes.get('Evaluator'), 'blessing')
   blessed = bool(_custom(blessing, 'blessed')) if blessing is not None else False
+  baseline_version = _custom(evaluation, 'baseline_version') if evaluation is not None else None
 
   tasks = {}
   for task in config.tasks:
-    task_failures = {f['metric']: f for f in failures if f['task'] == task.name}
+    values = metrics.get(task.name, {})
+    served = baseline.get(task.name, {})
+    failed = {(f['metric'], f['check']) for f in failures if f['task'] == task.name}
     learned = training.get('tasks', {}).get(task.name, {})
     tasks[task.name] = {
         'type': task.type,
         'label': task.label,
-        'metrics': metrics.get(task.name, {}),
+        'metrics': values,
+        'baseline_metrics': served,
         'thresholds': {
             name: {'min': bound.min, 'max': bound.max,
-                   'value': metrics.get(task.name, {}).get(name),
-                   'passed': name not in task_failures and
-                             metrics.get(task.name, {}).get(name) is not None}
+                   'value': values.get(name),
+                   'passed': (name, 'threshold') not in failed and
+                             values.get(name) is not None}
             for name, bound in task.thresholds.items()},
+        'vs_served': {
+            name: {'max_regression': tolerance,
+                   'value': values.get(name),
+                   'baseline_value': served.get(name),
+                   # None: nothing served to compare with (judged on thresholds alone).
+                   'passed': (None if name not in served
+                              else (name, 'vs_served') not in failed)}
+            for name, tolerance in regression_tolerances(task).items()},
+        'failed_checks': sorted(f'{check}:{metric}' for metric, check in failed),
         'sigma': learned.get('sigma'),
         'loss_weight': learned.get('loss_weight'),
         'sigma_by_epoch': learned.get('sigma_by_epoch', []),
@@ -174,18 +209,21 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
     }
   summary['tasks'] = tasks
   summary['blessed'] = blessed
+  summary['baseline'] = ({'version': baseline_version,
+                          'path': _custom(evaluation, 'baseline_path')}
+                         if baseline_version is not None else None)
   summary['not_blessed_because'] = [
-      f'{f["task"]}: {f["metric"]} = {f["value"]:.4f} failed its threshold'
-      for f in failures] if not blessed else []
+      _describe_failure(f, baseline) for f in failures] if not blessed else []
   if evaluation is None:
     summary['not_blessed_because'] = ['the Evaluator did not run']
 
   pushed = _output(nodes.get('Pusher'), 'pushed_model')
   summary['push'] = {'pushed': False}
-  if pushed is not None and _custom(pushed, 'pushed'):
-    summary['push'] = {'pushed': True,
-                       'version': _custom(pushed, 'pushed_version'),
-                       'path': _custom(pushed, 'pushed_destination')}
+  if pushed is not None:
+    record_path = os.path.join(pushed.uri, PUSH_RECORD_FILE)
+    if tf.io.gfile.exists(record_path):
+      with tf.io.gfile.GFile(record_path) as f:
+        summary['push'] = json.load(f)
   summary['total_wall_seconds'] = round(sum(n['seconds'] for n in nodes.values()), 2)
   return summary
 
@@ -204,6 +242,14 @@ def format_table(summary: Dict[str, Any]) -> str:
                    f'{(f"{value:.4f}" if value is not None else "n/a"):>10} {bound:>16}  '
                    f'{"yes" if t["passed"] else "NO"}')
       shown.add(metric)
+    for metric, check in task.get('vs_served', {}).items():
+      if check['passed'] is None:
+        continue
+      value = check['value']
+      allowed = f'served {check["baseline_value"]:.4f}'
+      lines.append(f'{task_name:<12} {metric + " vs served":<26} '
+                   f'{(f"{value:.4f}" if value is not None else "n/a"):>10} {allowed:>16}  '
+                   f'{"yes" if check["passed"] else "NO"}')
     for metric in ('auc', 'root_mean_squared_error'):
       if metric in task['metrics'] and metric not in shown:
         lines.append(f'{task_name:<12} {metric:<26} {task["metrics"][metric]:>10.4f} '

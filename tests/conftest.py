@@ -8,6 +8,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import dataclasses  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -62,3 +63,13 @@ def e2e_run(tmp_path_factory):
   summary = run_local(config, str(root / 'run'))
   return {'config': config, 'summary': summary, 'root': root, 'run_dir': root / 'run',
           'truth_dir': written['truth_dir'], 'logs': logs}
+
+
+def copy_e2e_run(e2e_run, dest):
+  """A copy of the shared run's directory (ML Metadata and artifacts) and serving directory,
+  so a test can run the pipeline again with cached ingestion and Transform without changing
+  what other tests read. Returns `dest`, holding `run/` and `serving/`."""
+  dest.mkdir(parents=True)
+  shutil.copytree(e2e_run['run_dir'], dest / 'run')
+  shutil.copytree(e2e_run['root'] / 'serving', dest / 'serving')
+  return dest

@@ -63,11 +63,32 @@ def _error(raw) -> str:
     (lambda r: r.update(features=[]), 'features: expected a non-empty list of features'),
     (lambda r: r['tasks'][0].update(head_units=[]),
      'tasks[0].head_units: expected a non-empty list of layer sizes'),
+    (lambda r: r['tasks'][0].update(max_regression={'root_mean_squared_error': 1}),
+     'tasks[0].max_regression.root_mean_squared_error: not a metric of a binary task (auc, '
+     'binary_crossentropy)'),
+    (lambda r: r['tasks'][0].update(max_regression={'calibration': 0.1}),
+     "tasks[0].max_regression.calibration (metric): 'calibration' is not one of auc"),
+    (lambda r: r['tasks'][2].update(max_regression={'root_mean_squared_error': 'two%'}),
+     "tasks[2].max_regression.root_mean_squared_error: 'two%' is not a percentage"),
+    (lambda r: r['tasks'][0].update(max_regression={'auc': -0.1}),
+     'tasks[0].max_regression.auc: -0.1 must be >= 0.0'),
+    (lambda r: r['serving'].update(keep_versions=0), 'serving.keep_versions: 0 must be >= 1'),
+    (lambda r: r['serving'].update(canary='yes'), "serving.canary: expected true or false"),
 ])
 def test_mistakes_name_the_key(raw, mutate, expected):
   raw = copy.deepcopy(raw)
   mutate(raw)
   assert expected in _error(raw)
+
+
+def test_regression_tolerances_default_by_task_type(raw):
+  from pipeline.config import regression_tolerances  # pylint: disable=g-import-not-at-top
+  config = parse_config(raw)
+  assert regression_tolerances(config.task('click')) == {'auc': 0.01}
+  assert regression_tolerances(config.task('dwell')) == {'root_mean_squared_error': '2%'}
+  raw = copy.deepcopy(raw)
+  raw['tasks'][2]['max_regression'] = {'mean_absolute_error': 0.5}
+  assert regression_tolerances(parse_config(raw).task('dwell')) == {'mean_absolute_error': 0.5}
 
 
 def test_load_config_names_the_file(tmp_path):

@@ -60,6 +60,28 @@ def test_every_component_runs_in_the_pipeline_image(compiled):
   assert 'resolver' not in json.dumps(spec).lower()
 
 
+def test_evaluator_finds_the_served_baseline_itself(compiled):
+  """No Resolver on Kubeflow: the Evaluator's executor reads the push directory when it runs,
+  and the Pusher is ours (atomic, versioned, warmup requests)."""
+  config, _, spec = compiled
+  executors = spec['deploymentSpec']['executors']
+  assert executors['Evaluator_executor']['container']['args'][1] == (
+      'components.served_baseline_evaluator.Executor')
+  assert executors['Pusher_executor']['container']['args'][1] == (
+      'components.serving_pusher.Executor')
+  tasks = spec['root']['dag']['tasks']
+  evaluator = {n: p['runtimeValue']['constantValue']
+               for n, p in tasks['Evaluator']['inputs']['parameters'].items()}
+  assert evaluator['push_dir'] == {'stringValue': config.serving.push_dir}
+  assert evaluator['model_name'] == {'stringValue': config.serving.model_name}
+  assert 'baseline_model' not in tasks['Evaluator']['inputs'].get('artifacts', {})
+  pusher = {n: p['runtimeValue']['constantValue']
+            for n, p in tasks['Pusher']['inputs']['parameters'].items()}
+  assert pusher['keep_versions'] == {'intValue': str(config.serving.keep_versions)}
+  assert set(tasks['Pusher']['inputs']['artifacts']) == {'model', 'model_blessing',
+                                                         'evaluation'}
+
+
 def test_span_window_parameters_are_in_the_spec(compiled):
   config, _, spec = compiled
   params = spec['root']['dag']['tasks']['LogExampleGen']['inputs']['parameters']

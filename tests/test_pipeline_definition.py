@@ -43,6 +43,20 @@ def test_eval_config_has_one_metrics_spec_per_task_with_its_thresholds():
   assert isinstance(eval_config, tfma.EvalConfig)
 
 
+def test_eval_config_compares_each_task_with_the_served_model():
+  """Change thresholds (candidate - baseline) in each metric's better direction."""
+  config = sample_config()
+  specs = {tuple(s.output_names): {m.class_name: m for m in s.metrics}
+           for s in build_eval_config(config).metrics_specs}
+  auc = specs[('click',)]['AUC'].threshold.change_threshold
+  assert auc.direction == tfma.MetricDirection.HIGHER_IS_BETTER
+  assert auc.absolute.value == -0.01 and not auc.HasField('relative')
+  rmse = specs[('dwell',)]['RootMeanSquaredError'].threshold.change_threshold
+  assert rmse.direction == tfma.MetricDirection.LOWER_IS_BETTER
+  assert rmse.relative.value == 0.02 and not rmse.HasField('absolute')
+  assert not specs[('click',)]['Calibration'].threshold.HasField('change_threshold')
+
+
 def test_ingestion_and_transform_see_only_the_data_view(tmp_path):
   """A training-only change must not invalidate the cached ingestion and Transform."""
   def params(config):

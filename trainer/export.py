@@ -5,6 +5,9 @@
   architecture's extra outputs, e.g. ESMM's ctr, cvr and ctcvr). The tf.Transform graph
   (vocabularies as assets, scaling constants) runs inside the signature. A feature the
   request omits gets a default ('' for categorical, which maps to an OOV bucket; 0 for numeric).
+- `predict_instances`: for REST clients sending raw feature values as JSON instances
+  (`{"signature_name": "predict_instances", "instances": [{"item_category": "books", ...}]}`):
+  one input tensor per feature, shape [batch], with the same outputs as `serving_default`.
 - `transform_features`: serialized examples with every raw column -> transformed features;
   TFMA uses it as the model's preprocessing function.
 """
@@ -18,6 +21,10 @@ import tensorflow_transform as tft
 
 from pipeline.config import PipelineConfig
 from trainer.models import output_labels
+
+SERVING_SIGNATURE = 'serving_default'
+INSTANCES_SIGNATURE = 'predict_instances'
+TRANSFORM_SIGNATURE = 'transform_features'
 
 
 def serving_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTransformOutput
@@ -39,7 +46,7 @@ def serving_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTran
 
 def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
                             tf_transform_output: tft.TFTransformOutput):
-  """Returns {'serving_default': ..., 'transform_features': ...} concrete-able tf.functions."""
+  """Returns {signature name: concrete function} for serving, REST instances and TFMA."""
   # Tracked on the model so the transform graph and its assets are saved with it.
   network.tft_layer = tf_transform_output.transform_features_layer()
   feature_names = [f.name for f in config.features]
@@ -53,6 +60,18 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
     outputs = network({name: transformed[name] for name in feature_names}, training=False)
     return {name: outputs[name] for name in output_names}
 
+  instance_spec = {name: tf.TensorSpec(shape=[None], dtype=spec.dtype, name=name)
+                   for name, spec in serving_spec.items()}
+
+  @tf.function(input_signature=[instance_spec])
+  def predict_instances_fn(features):
+    # Same layout as parsed examples: each FixedLenFeature of shape [1] is [batch, 1].
+    raw_features = {name: tf.reshape(features[name], [-1] + list(serving_spec[name].shape))
+                    for name in serving_spec}
+    transformed = network.tft_layer(raw_features)
+    outputs = network({name: transformed[name] for name in feature_names}, training=False)
+    return {name: outputs[name] for name in output_names}
+
   @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
   def transform_features_fn(serialized_examples):
     raw_features = tf.io.parse_example(serialized_examples,
@@ -60,8 +79,9 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
     return network.tft_layer(raw_features)
 
   return {
-      'serving_default': serve_tf_examples_fn.get_concrete_function(),
-      'transform_features': transform_features_fn.get_concrete_function(),
+      SERVING_SIGNATURE: serve_tf_examples_fn.get_concrete_function(),
+      INSTANCES_SIGNATURE: predict_instances_fn.get_concrete_function(),
+      TRANSFORM_SIGNATURE: transform_features_fn.get_concrete_function(),
   }
 
 

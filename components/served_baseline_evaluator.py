@@ -1,0 +1,185 @@
+"""ServedBaselineEvaluator: TFX's Evaluator, with the model being served as its baseline.
+
+A new model is blessed only if it meets each task's absolute thresholds and no task is worse
+than the served model by more than the task's tolerance (TFMA change thresholds). TFX finds a
+baseline with a Resolver node (latest blessed model); open-source Kubeflow Pipelines v2 does
+not run Resolvers, and "latest blessed" is not necessarily what is served anyway. So the
+executor looks at the push directory itself when it runs: the version labelled `stable` in
+`models.config` (else the newest version) is copied to a temporary Model artifact and handed
+to the Evaluator as `baseline_model`. With nothing served, TFX's rubber stamp applies: change
+thresholds are dropped and the model is judged on absolute thresholds alone.
+
+The evaluation artifact records which version was the baseline (`baseline_version`,
+`baseline_path`), and `sample_predictions.json`: a few eval examples (serialized) with the
+predictions TFMA's PredictionsExtractor made for them. The Pusher turns these into TF Serving
+warmup requests; `mtlp serve-check` replays them against the pushed model.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from tfx import types
+from tfx.components.evaluator import executor as evaluator_executor
+from tfx.components.evaluator.component import Evaluator
+from tfx.dsl.components.base import base_beam_component
+from tfx.dsl.components.base import executor_spec
+from tfx.types import artifact_utils
+from tfx.types import component_spec
+from tfx.types import standard_artifacts
+from tfx.types import standard_component_specs
+from tfx.utils import json_utils
+from tfx.utils import path_utils
+from tfx.utils import proto_utils
+from tfx_bsl.public import tfxio
+
+from components import serving_push
+
+PUSH_DIR_KEY = 'push_dir'
+MODEL_NAME_KEY = 'model_name'
+SAMPLE_EXAMPLES_KEY = 'sample_examples'
+SAMPLE_PREDICTIONS_FILE = 'sample_predictions.json'
+BASELINE_VERSION_PROPERTY = 'baseline_version'
+BASELINE_PATH_PROPERTY = 'baseline_path'
+
+
+class ServedBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):
+  PARAMETERS = dict(
+      standard_component_specs.EvaluatorSpec.PARAMETERS,
+      # Empty: no comparison with a served model.
+      **{PUSH_DIR_KEY: component_spec.ExecutionParameter(type=str),
+         MODEL_NAME_KEY: component_spec.ExecutionParameter(type=str),
+         SAMPLE_EXAMPLES_KEY: component_spec.ExecutionParameter(type=int)})
+
+
+def read_sample_predictions(evaluation_uri: str) -> Dict[str, Any]:
+  """{'examples': [serialized bytes], 'predictions': {output: [[value, ...], ...]}}."""
+  with tf.io.gfile.GFile(os.path.join(evaluation_uri, SAMPLE_PREDICTIONS_FILE)) as f:
+    data = json.load(f)
+  data['examples'] = [base64.b64decode(e) for e in data['examples']]
+  return data
+
+
+def _eval_examples(examples: List[Any], split: str, count: int) -> List[bytes]:
+  uri = artifact_utils.get_split_uri(examples, split)
+  files = sorted(tf.io.gfile.glob(os.path.join(uri, '*')))
+  records: List[bytes] = []
+  for path in files:
+    for record in tf.data.TFRecordDataset(path, compression_type='GZIP').take(count):
+      records.append(record.numpy())
+      if len(records) == count:
+        return records
+  return records
+
+
+class Executor(evaluator_executor.Executor):
+  """Evaluates against the served model (if any), then records sample predictions."""
+
+  def Do(self, input_dict: Dict[str, List[Any]], output_dict: Dict[str, List[Any]],
+         exec_properties: Dict[str, Any]) -> None:
+    push_dir = exec_properties.get(PUSH_DIR_KEY) or ''
+    model_name = exec_properties.get(MODEL_NAME_KEY) or ''
+    version = serving_push.served_version(push_dir, model_name) if push_dir else None
+    input_dict = dict(input_dict)
+    temp_dir = None
+    evaluation = output_dict[standard_component_specs.EVALUATION_KEY][0]
+    blessing = output_dict[standard_component_specs.BLESSING_KEY][0]
+    if version is not None:
+      served_path = os.path.join(push_dir, model_name, str(version))
+      temp_dir = tempfile.mkdtemp(prefix='served-baseline-')
+      baseline = standard_artifacts.Model()
+      baseline.uri = temp_dir
+      # Where the Evaluator looks for a Model artifact's SavedModel.
+      serving_push.copy_tree(served_path, path_utils.serving_model_dir(temp_dir))
+      input_dict[standard_component_specs.BASELINE_MODEL_KEY] = [baseline]
+      for artifact in (evaluation, blessing):
+        artifact.set_int_custom_property(BASELINE_VERSION_PROPERTY, version)
+        artifact.set_string_custom_property(BASELINE_PATH_PROPERTY, served_path)
+    try:
+      super().Do(input_dict, output_dict, exec_properties)
+    finally:
+      if temp_dir:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    count = int(exec_properties.get(SAMPLE_EXAMPLES_KEY) or 0)
+    if count:
+      self._write_sample_predictions(input_dict, exec_properties, evaluation.uri, count)
+
+  def _write_sample_predictions(self, input_dict: Dict[str, List[Any]],
+                                exec_properties: Dict[str, Any], output_uri: str,
+                                count: int) -> None:
+    """Runs TFMA's own extractors (features, transform, predictions) on a few eval examples."""
+    eval_config = tfma.EvalConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
+                              eval_config)
+    eval_config = tfma.utils.update_eval_config_with_defaults(
+        eval_config, has_baseline=False, rubber_stamp=True)
+    model = input_dict[standard_component_specs.MODEL_KEY][0]
+    eval_shared_model = tfma.default_eval_shared_model(
+        eval_saved_model_path=path_utils.serving_model_path(
+            model.uri, path_utils.is_old_model_artifact(model)),
+        eval_config=eval_config)
+    splits = json_utils.loads(
+        exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY, 'null')) or ['eval']
+    examples = _eval_examples(input_dict[standard_component_specs.EXAMPLES_KEY], splits[0],
+                              count)
+    source = tfxio.TFExampleBeamRecord(
+        physical_format='inmem', telemetry_descriptors=['mtl-pipeline'],
+        raw_record_column_name=tfma.ARROW_INPUT_COLUMN)
+    output_path = os.path.join(output_uri, SAMPLE_PREDICTIONS_FILE)
+    with self._make_beam_pipeline() as pipeline:
+      extracts = (pipeline
+                  | 'SampleExamples' >> beam.Create(examples, reshuffle=False)
+                  | 'ToRecordBatches' >> source.BeamSource(batch_size=len(examples))
+                  | 'ToExtracts' >> tfma.BatchedInputsToExtracts())
+      for extractor in tfma.default_extractors(eval_shared_model=eval_shared_model,
+                                               eval_config=eval_config):
+        extracts = extracts | extractor.stage_name >> extractor.ptransform
+      _ = (extracts
+           | 'Collect' >> beam.combiners.ToList()
+           | 'Write' >> beam.Map(_write_predictions, output_path))
+
+
+def _write_predictions(extracts: List[Dict[str, Any]], path: str) -> None:
+  examples, predictions = [], {}
+  for extract in extracts:
+    raw = extract[tfma.INPUT_KEY]
+    if isinstance(raw, np.ndarray):  # unbatched extracts hold a one-element array
+      raw = raw.reshape(-1)[0]
+    examples.append(base64.b64encode(bytes(raw)).decode('ascii'))
+    outputs = extract[tfma.PREDICTIONS_KEY]
+    for name, value in outputs.items():
+      predictions.setdefault(name, []).append([float(v) for v in value.reshape(-1)])
+  with tf.io.gfile.GFile(path, 'w') as f:
+    json.dump({'examples': examples, 'predictions': predictions}, f)
+
+
+class ServedBaselineEvaluator(Evaluator):
+  """Evaluator whose baseline is the model currently served from `push_dir`/`model_name`."""
+  SPEC_CLASS = ServedBaselineEvaluatorSpec
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+  def __init__(self, examples, model, eval_config: tfma.EvalConfig, push_dir: str,
+               model_name: str, sample_examples: int = 16):
+    """`push_dir` empty: no comparison with a served model (absolute thresholds only)."""
+    spec = ServedBaselineEvaluatorSpec(
+        examples=examples,
+        model=model,
+        eval_config=eval_config,
+        example_splits=json_utils.dumps(None),
+        fairness_indicator_thresholds=json_utils.dumps(None),
+        evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+        blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        **{PUSH_DIR_KEY: push_dir, MODEL_NAME_KEY: model_name,
+           SAMPLE_EXAMPLES_KEY: sample_examples})
+    # Skip Evaluator.__init__ (it builds its own spec); keep its class for the interface.
+    base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
+

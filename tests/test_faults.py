@@ -1,0 +1,62 @@
+"""Faults: a run killed during training resumes from ML Metadata's cache and pushes once."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from components import serving_push
+from conftest import REPO, copy_e2e_run
+from pipeline.local_runner import run_local
+from pipeline.serve_check import serve_check
+
+_RUN_SCRIPT = '''
+import sys
+sys.path.insert(0, {repo!r})
+import pipeline  # sets TF_USE_LEGACY_KERAS
+from pipeline.config import PipelineConfig
+from pipeline.local_runner import run_local
+with open({config_path!r}) as f:
+  config = PipelineConfig.from_json(f.read())
+run_local(config, {run_dir!r})
+'''
+
+
+def test_run_killed_during_training_resumes_from_cache_and_pushes_once(e2e_run, tmp_path):
+  root = copy_e2e_run(e2e_run, tmp_path / 'killed')
+  # A new training config, so the Trainer runs (ingestion and Transform stay cached), into an
+  # empty push directory.
+  config = e2e_run['config'].with_overrides(serving={'push_dir': str(root / 'serving-new')},
+                                            training={'train_steps': 600})
+  config_path = root / 'config.json'
+  config_path.write_text(config.to_json())
+  run_dir = root / 'run'
+  process = subprocess.Popen(
+      [sys.executable, '-c', _RUN_SCRIPT.format(repo=REPO, config_path=str(config_path),
+                                                run_dir=str(run_dir))],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+  # Kill the whole run (SIGKILL: no clean-up) once the Trainer has written TensorBoard events,
+  # i.e. in the middle of training.
+  deadline = time.time() + 300
+  pattern = str(run_dir / 'pipeline_root' / 'Trainer' / 'model_run' / '*' / '**' / 'events.*')
+  while not glob.glob(pattern, recursive=True):
+    assert process.poll() is None, process.stderr.read()[-3000:]
+    assert time.time() < deadline, 'training never started'
+    time.sleep(0.2)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait(timeout=60)
+  base = os.path.join(config.serving.push_dir, config.serving.model_name)
+  assert serving_push.list_versions(base) == []  # nothing pushed, nothing half-written
+  assert not os.path.exists(base) or os.listdir(base) == []
+
+  summary = run_local(config, str(run_dir))
+  states = {name: c['state'] for name, c in summary['components'].items()}
+  for name in ('LogExampleGen', 'StatisticsGen', 'StrictExampleValidator', 'Transform'):
+    assert states[name] == 'CACHED', states
+  assert states['Trainer'] == states['Pusher'] == 'COMPLETE', states
+  assert summary['blessed'] and summary['push']['pushed'], summary['not_blessed_because']
+  assert serving_push.list_versions(base) == [summary['push']['version']]
+  assert sorted(os.listdir(base)) == [str(summary['push']['version'])]
+  assert serve_check(summary['push']['path'])['ok']

@@ -1,0 +1,180 @@
+"""Serving contract of the pushed model (shared end-to-end run), and blessing against it."""
+
+import dataclasses
+import gzip
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import serving_push
+from components import serving_requests
+from components.records import record_to_example
+from conftest import copy_e2e_run
+from pipeline import cli
+from pipeline.serve_check import serve_check
+from trainer.export import INSTANCES_SIGNATURE, SERVING_SIGNATURE
+
+
+def _version_dir(e2e_run):
+  push = e2e_run['summary']['push']
+  assert push['pushed'], e2e_run['summary'].get('not_blessed_because')
+  return push['path']
+
+
+def _records(e2e_run, count=40):
+  path = sorted(str(p) for p in e2e_run['logs'].glob('day=2026-11-01/*.gz'))[0]
+  with gzip.open(path, 'rt') as f:
+    return [json.loads(next(f)) for _ in range(count)]
+
+
+def test_first_run_is_judged_on_thresholds_alone_and_pushed(e2e_run):
+  summary, config = e2e_run['summary'], e2e_run['config']
+  assert summary['baseline'] is None
+  for task in config.tasks:
+    checks = summary['tasks'][task.name]['vs_served']
+    assert checks and all(c['passed'] is None for c in checks.values()), checks
+  assert summary['blessed']
+  base = os.path.join(config.serving.push_dir, config.serving.model_name)
+  assert serving_push.list_versions(base) == [summary['push']['version']]
+  assert summary['push']['labels'] == {'stable': summary['push']['version']}
+  assert summary['push']['warmup_requests']
+  assert serving_push.read_labels(config.serving.push_dir, config.serving.model_name) == {
+      'stable': summary['push']['version']}
+
+
+def test_warmup_requests_parse_and_every_one_succeeds(e2e_run):
+  version_dir = _version_dir(e2e_run)
+  logs = serving_requests.read_warmup(
+      os.path.join(version_dir, serving_requests.WARMUP_FILE))
+  signatures = [log.predict_log.request.model_spec.signature_name for log in logs]
+  assert signatures.count(SERVING_SIGNATURE) == 2 and INSTANCES_SIGNATURE in signatures
+  loaded = tf.saved_model.load(version_dir, tags=['serve'])
+  tasks = [t.name for t in e2e_run['config'].tasks]
+  for log in logs:
+    request = log.predict_log.request
+    assert request.model_spec.name == e2e_run['config'].serving.model_name
+    outputs = serving_requests.run_request(loaded, request)
+    assert set(tasks) <= set(outputs)
+    batch = len(next(iter(serving_requests.request_inputs(request).values())))
+    for name in tasks:
+      assert outputs[name].shape == (batch, 1) and np.all(np.isfinite(outputs[name]))
+
+
+def test_serve_check_matches_the_evaluator_predictions(e2e_run, capsys):
+  report = serve_check(_version_dir(e2e_run))
+  assert report['ok'], report
+  names = [c['name'] for c in report['checks']]
+  assert any(n.startswith('gRPC Predict') for n in names)
+  assert any(n.startswith('REST predict_instances') for n in names)
+  assert cli.main(['serve-check', _version_dir(e2e_run)]) == 0
+  assert 'serve-check passed' in capsys.readouterr().out
+
+
+def test_serve_check_fails_on_a_model_that_disagrees(e2e_run, tmp_path, capsys):
+  """The comparison can fail: a sample file whose predictions are off by 1e-3 is caught."""
+  copy = tmp_path / 'm' / '1'
+  shutil.copytree(_version_dir(e2e_run), copy)
+  sample_path = copy / serving_requests.SAMPLE_PREDICTIONS_FILE
+  sample = json.loads(sample_path.read_text())
+  sample['predictions']['click'][0][0] += 1e-3
+  sample_path.write_text(json.dumps(sample))
+  report = serve_check(str(copy))
+  failed = [c['name'] for c in report['checks'] if not c['ok']]
+  assert not report['ok'] and len(failed) == 2, report  # gRPC and REST both disagree
+  assert cli.main(['serve-check', str(copy)]) == 1
+  assert cli.main(['serve-check', str(tmp_path)]) == 2  # not a version directory
+  assert 'no saved_model.pb' in capsys.readouterr().err
+
+
+def test_missing_features_and_unseen_categories_give_valid_outputs(e2e_run):
+  config = e2e_run['config']
+  loaded = tf.saved_model.load(_version_dir(e2e_run), tags=['serve'])
+  records = _records(e2e_run, 4)
+  full = record_to_example(records[0], config, with_labels=False)
+  missing = tf.train.Example()
+  missing.CopyFrom(full)
+  for name in ('item_category', 'item_price', 'device'):
+    del missing.features.feature[name]
+  unseen = tf.train.Example()
+  unseen.CopyFrom(full)
+  for feature in config.categorical_features:
+    unseen.features.feature[feature.name].bytes_list.value[:] = [b'never-seen-in-training']
+  empty = tf.train.Example()
+  batch = [e.SerializeToString() for e in (full, missing, unseen, empty)]
+  outputs = serving_requests.run_request(loaded, serving_requests.predict_request(
+      config.serving.model_name, SERVING_SIGNATURE,
+      serving_requests.example_inputs(loaded.signatures[SERVING_SIGNATURE], batch)))
+  for task in config.tasks:
+    values = outputs[task.name]
+    assert values.shape == (4, 1) and np.all(np.isfinite(values)), (task.name, values)
+    if task.type == 'binary':
+      assert np.all((values > 0) & (values < 1)), (task.name, values)
+  # The unseen categories went to OOV buckets: a different prediction from the full record.
+  assert not np.allclose(outputs['click'][0], outputs['click'][2])
+
+  instances_signature = loaded.signatures[INSTANCES_SIGNATURE]
+  instances = serving_requests.instances_from_examples(instances_signature, [batch[2]])
+  rest = instances_signature(**{k: tf.constant(v) for k, v in
+                                serving_requests.instances_to_inputs(
+                                    instances_signature, instances).items()})
+  np.testing.assert_allclose(rest['click'].numpy(), outputs['click'][2:3], atol=1e-6)
+
+
+def test_rest_instances_signature_matches_serving_default(e2e_run):
+  config = e2e_run['config']
+  loaded = tf.saved_model.load(_version_dir(e2e_run), tags=['serve'])
+  examples = [record_to_example(r, config, with_labels=False).SerializeToString()
+              for r in _records(e2e_run)]
+  by_examples = loaded.signatures[SERVING_SIGNATURE](examples=tf.constant(examples))
+  signature = loaded.signatures[INSTANCES_SIGNATURE]
+  body = json.loads(json.dumps({'instances': serving_requests.instances_from_examples(
+      signature, examples)}))
+  assert set(body['instances'][0]) == {f.name for f in config.features}
+  by_instances = signature(**{k: tf.constant(v) for k, v in serving_requests.instances_to_inputs(
+      signature, body['instances']).items()})
+  for task in config.tasks:
+    np.testing.assert_allclose(by_instances[task.name].numpy(),
+                               by_examples[task.name].numpy(), atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def worse_run(e2e_run, tmp_path_factory):
+  """After the good model is served, a model trained for 2 steps, with no absolute thresholds:
+  only the comparison with the served model can refuse it. Runs in a copy of the shared run
+  directory (so ingestion and Transform come from the cache) against a copy of its serving
+  directory."""
+  from pipeline.local_runner import run_local  # pylint: disable=g-import-not-at-top
+  root = copy_e2e_run(e2e_run, tmp_path_factory.mktemp('worse') / 'copy')
+  config = e2e_run['config']
+  config = dataclasses.replace(
+      config.with_overrides(serving={'push_dir': str(root / 'serving')},
+                            training={'train_steps': 2}),
+      tasks=tuple(dataclasses.replace(t, thresholds={}) for t in config.tasks))
+  before = sorted(os.listdir(root / 'serving' / config.serving.model_name))
+  models_config = (root / 'serving' / 'models.config').read_text()
+  summary = run_local(config, str(root / 'run'))
+  return {'summary': summary, 'config': config, 'root': root, 'before': before,
+          'models_config': models_config}
+
+
+def test_worse_model_is_not_blessed_and_not_pushed(worse_run, e2e_run):
+  summary, config, root = worse_run['summary'], worse_run['config'], worse_run['root']
+  served = e2e_run['summary']['push']['version']
+  assert summary['components']['Transform']['state'] == 'CACHED'
+  assert summary['baseline']['version'] == served
+  assert not summary['blessed']
+  assert not summary['push']['pushed']
+  assert any('served model' in reason for reason in summary['not_blessed_because']), summary
+  click = summary['tasks']['click']
+  assert click['vs_served']['auc']['passed'] is False
+  assert 'vs_served:auc' in click['failed_checks']
+  # The baseline was evaluated on the same eval split as when it was trained and pushed.
+  assert click['vs_served']['auc']['baseline_value'] == pytest.approx(
+      e2e_run['summary']['tasks']['click']['metrics']['auc'], abs=1e-6)
+  # The serving directory did not change.
+  assert sorted(os.listdir(root / 'serving' / config.serving.model_name)) == worse_run['before']
+  assert (root / 'serving' / 'models.config').read_text() == worse_run['models_config']
