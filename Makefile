@@ -15,7 +15,7 @@ DAYS ?= 3
 CONFIG ?= schemas/impressions.yaml
 OUTPUT ?= runs/local
 
-.PHONY: setup run test lock clean
+.PHONY: setup browser run test lock clean
 
 setup: $(VENV)/.installed
 
@@ -27,11 +27,19 @@ $(VENV)/.installed: requirements/lock.txt setup.py
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	touch $@
 
+# Headless Chromium renders the run report in the tests (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 run: setup
 	$(BIN)/mtlp generate-logs --rows $(ROWS) --days $(DAYS) --out data/logs
 	$(BIN)/mtlp run --config $(CONFIG) --output $(OUTPUT)
+	$(BIN)/mtlp report $(OUTPUT)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest tests -v --durations=15
 
 # Re-resolve the pinned set from requirements/requirements.in.

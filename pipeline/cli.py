@@ -8,20 +8,25 @@
     mtlp schedule --config schemas/impressions.yaml --host URL --cron "0 0 3 * * *"
     mtlp unschedule --config schemas/impressions.yaml --host URL
     mtlp serve-check serving/impressions_mtl/1763712000
+    mtlp report runs/impressions
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import time
 import warnings
 from typing import List, Optional
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipeline.config import ConfigError, load_config
+
+LOG_FILE = 'run.log'
 
 
 def _generate_logs(args: argparse.Namespace) -> int:
@@ -51,9 +56,7 @@ def _quiet_libraries() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-  from pipeline import local_runner, run_summary  # pylint: disable=g-import-not-at-top
-  if not args.verbose:
-    _quiet_libraries()
+  from pipeline import progress  # pylint: disable=g-import-not-at-top
   config = load_config(args.config)
   overrides = {}
   if args.logs:
@@ -64,19 +67,32 @@ def _run(args: argparse.Namespace) -> int:
     overrides['training'] = {'train_steps': args.train_steps}
   if overrides:
     config = config.with_overrides(**overrides)
+  os.makedirs(args.output, exist_ok=True)
+  log_path = os.path.abspath(os.path.join(args.output, LOG_FILE))
   print(f'running pipeline {config.name!r} locally; logs from {config.data.input_base}')
-  try:
-    summary = local_runner.run_local(config, args.output, enable_cache=not args.no_cache)
-  except local_runner.PipelineRunError as e:
-    print(run_summary.format_table(e.summary) if e.summary.get('tasks') else '')
-    print(f'\nrun failed: {e.summary.get("error")}\nsummary: {e.summary["summary_path"]}',
-          file=sys.stderr)
+  print(f'full log: {log_path}' + ('' if args.verbose else ' (--verbose streams it here)'))
+  output = (contextlib.nullcontext(sys.stdout) if args.verbose
+            else progress.quiet_output(log_path))
+  error: Optional[Exception] = None
+  started = time.time()
+  with output as terminal:
+    # Imported here so that TensorFlow's import-time messages go to the log too.
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    from pipeline import local_runner, run_summary  # pylint: disable=g-import-not-at-top
+    # TFX reports component starts and ends at INFO: they reach the log and the progress lines.
+    absl_logging.set_verbosity(absl_logging.INFO)
+    with progress.Progress(terminal, log_path):
+      try:
+        summary = local_runner.run_local(config, args.output, enable_cache=not args.no_cache)
+      except local_runner.PipelineRunError as e:
+        error, summary = e, e.summary
+  if summary.get('tasks'):
+    print()
+    print(run_summary.format_table(summary))
+  if error is not None:
+    print(f'\nrun failed after {time.time() - started:.0f} s: {summary.get("error")}\n'
+          f'summary: {summary["summary_path"]}\nlog: {log_path}', file=sys.stderr)
     return 1
-  print()
-  print(run_summary.format_table(summary))
-  print()
-  for name, component in summary['components'].items():
-    print(f'  {name:<24} {component["state"]:<9} {component["wall_seconds"]:>8.1f} s')
   ingestion = summary.get('ingestion', {})
   print(f'\ningested {ingestion.get("num_ingested")} records '
         f'(by split: {json.dumps(ingestion.get("examples_by_split", {}))}), '
@@ -90,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
           f'{summary["push"].get("path")} (labels {summary["push"].get("labels")})')
   else:
     print('model NOT blessed: ' + '; '.join(summary['not_blessed_because']))
-  print(f'summary: {summary["summary_path"]}')
+  print(f'finished in {time.time() - started:.0f} s; summary: {summary["summary_path"]}')
   return 0
 
 
@@ -138,13 +154,32 @@ def _serve_check(args: argparse.Namespace) -> int:
   return 0 if report['ok'] else 1
 
 
+def _report(args: argparse.Namespace) -> int:
+  from pipeline import report  # pylint: disable=g-import-not-at-top
+  if not args.verbose:
+    _quiet_libraries()
+  try:
+    path = report.write_report(args.run_dir)
+  except report.ReportError as e:
+    print(f'mtlp: {e}', file=sys.stderr)
+    return 2
+  print(f'wrote {path}')
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='mtlp', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--verbose', action='store_true', help='show tracebacks and full logs')
   sub = parser.add_subparsers(dest='command', required=True)
+  examples = {line.split()[1]: line.strip() for line in __doc__.splitlines()
+              if line.strip().startswith('mtlp ')}
 
-  gen = sub.add_parser('generate-logs', help='write a seeded sample impression log')
+  def add(name: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, epilog=f'example:\n  {examples[name]}',
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+  gen = add('generate-logs', help='write a seeded sample impression log')
   gen.add_argument('--rows', type=int, default=20000)
   gen.add_argument('--days', type=int, default=3)
   gen.add_argument('--out', default='data/logs', help='log directory (day=YYYY-MM-DD/ inside)')
@@ -155,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
   gen.add_argument('--no-gzip', action='store_true', help='write plain .jsonl files')
   gen.set_defaults(func=_generate_logs)
 
-  val = sub.add_parser('validate-config', help='check a config file and say what is wrong')
+  val = add('validate-config', help='check a config file and say what is wrong')
   val.add_argument('--config', required=True)
   val.set_defaults(func=_validate_config)
 
-  run = sub.add_parser('run', help='run the whole pipeline locally (Beam DirectRunner)')
+  run = add('run', help='run the whole pipeline locally (Beam DirectRunner)')
   run.add_argument('--config', required=True)
   run.add_argument('--output', default='runs/local',
                    help='run directory: pipeline root, metadata.sqlite, run_summary.json')
@@ -169,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--no-cache', action='store_true', help='re-run every component')
   run.set_defaults(func=_run)
 
-  comp = sub.add_parser('compile', help='write the Kubeflow Pipelines v2 spec (YAML)')
+  comp = add('compile', help='write the Kubeflow Pipelines v2 spec (YAML)')
   comp.add_argument('--config', required=True)
   comp.add_argument('--output', default='pipeline.yaml')
   comp.set_defaults(func=_compile)
@@ -177,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
   for name, func, text in (('submit', _submit, 'upload the pipeline and start a run'),
                            ('schedule', _schedule, 'create a recurring run'),
                            ('unschedule', _unschedule, 'delete the recurring run')):
-    cmd = sub.add_parser(name, help=text)
+    cmd = add(name, help=text)
     cmd.add_argument('--config', required=True)
     cmd.add_argument('--host', required=True, help='Kubeflow Pipelines API, e.g. http://host:8080')
     if name != 'unschedule':
@@ -187,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='6 fields, seconds first: "0 0 3 * * *" is daily at 03:00')
     cmd.set_defaults(func=func)
 
-  check = sub.add_parser(
+  check = add(
       'serve-check', help='load a pushed version as TF Serving would and replay its requests',
       description='Loads <push_dir>/<model_name>/<version> with the serve tag, replays its '
       'warmup requests, and checks a gRPC PredictRequest and a REST instances request '
@@ -196,13 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
   check.add_argument('--tolerance', type=float, default=1e-5,
                      help='max absolute difference from the Evaluator\'s predictions')
   check.set_defaults(func=_serve_check)
+
+  rep = add(
+      'report', help='write an HTML run report with plots into RUN_DIR/report/',
+      description='Per-task metrics against thresholds and the served model, learned sigmas '
+      'and loss weights, loss curves, calibration plots, ingestion counts and component times, '
+      'from a local run directory (the --output of `mtlp run`).')
+  rep.add_argument('run_dir', help='a local run directory holding run_summary.json')
+  rep.set_defaults(func=_report)
   return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   if not args.verbose:
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    # `run` sends everything to its log file instead; other commands keep TensorFlow's C++
+    # messages (CUDA plugin registration and the like) off the terminal.
+    if args.func is not _run:
+      os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
     logging.getLogger().setLevel(logging.WARNING)
     # Google client libraries warn at import about Python 3.10 support; TFX 1.16 needs 3.10.
     warnings.filterwarnings('ignore', category=FutureWarning)

@@ -122,7 +122,7 @@ class DataConfig:
   # Categorical values (and the split key) longer than this in UTF-8 bytes are quarantined
   # (string_too_long:<name>).
   max_string_bytes: int = 1024
-  # Anomaly kinds (TFDV names, e.g. COMPARATOR_L_INFINITY_HIGH) reported but not stopping the run.
+  # Anomaly kinds (TFDV names, e.g. COMPARATOR_L_INFTY_HIGH) reported but not stopping the run.
   accept_anomalies: Sequence[str] = ()
 
 

@@ -91,9 +91,22 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
           tfma.MetricsSpec(
               output_names=[task.name],
               metrics=[tfma.MetricConfig(class_name='ExampleCount')] +
-              [_metric_config(name, task) for name in TASK_METRICS[task.type]])
+              [_metric_config(name, task) for name in TASK_METRICS[task.type]] +
+              _plots(task))
           for task in config.tasks
       ])
+
+
+CALIBRATION_BUCKETS = 20
+
+
+def _plots(task: TaskConfig) -> List[tfma.MetricConfig]:
+  """A binary task's calibration plot: predictions bucketed with their mean label (the run
+  report draws calibration and the distribution of predictions from it)."""
+  if task.type != 'binary':
+    return []
+  return [tfma.MetricConfig(class_name='CalibrationPlot',
+                            config=f'{{"num_buckets": {CALIBRATION_BUCKETS}}}')]
 
 
 def push_base_directory(config: PipelineConfig) -> str:

@@ -206,6 +206,8 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
         'loss_weight': learned.get('loss_weight'),
         'sigma_by_epoch': learned.get('sigma_by_epoch', []),
         'loss_weight_by_epoch': learned.get('loss_weight_by_epoch', []),
+        'train_loss_by_epoch': learned.get('train_loss_by_epoch', []),
+        'eval_loss_by_epoch': learned.get('eval_loss_by_epoch', []),
     }
   summary['tasks'] = tasks
   summary['blessed'] = blessed
@@ -224,21 +226,27 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
     if tf.io.gfile.exists(record_path):
       with tf.io.gfile.GFile(record_path) as f:
         summary['push'] = json.load(f)
+  summary['training'] = {'train_steps': config.training.train_steps,
+                         'loss_weighting': config.training.loss_weighting,
+                         'model_type': config.model.type}
+  summary['artifacts'] = {key: artifact.uri for key, artifact in (
+      ('model_run', model_run), ('evaluation', evaluation), ('pushed_model', pushed))
+                          if artifact is not None}
   summary['total_wall_seconds'] = round(sum(n['seconds'] for n in nodes.values()), 2)
   return summary
 
 
 def format_table(summary: Dict[str, Any]) -> str:
   """The per-task table printed at the end of a run."""
-  lines = [f'{"task":<12} {"metric":<26} {"value":>10} {"threshold":>16}  passed',
-           '-' * 74]
+  lines = [f'{"task":<12} {"metric":<34} {"value":>10} {"threshold":>16}  passed',
+           '-' * 82]
   for task_name, task in summary['tasks'].items():
     shown = set()
     for metric, t in task['thresholds'].items():
       bound = ' '.join(p for p in (f'>={t["min"]:g}' if t['min'] is not None else '',
                                    f'<={t["max"]:g}' if t['max'] is not None else '') if p)
       value = t['value']
-      lines.append(f'{task_name:<12} {metric:<26} '
+      lines.append(f'{task_name:<12} {metric:<34} '
                    f'{(f"{value:.4f}" if value is not None else "n/a"):>10} {bound:>16}  '
                    f'{"yes" if t["passed"] else "NO"}')
       shown.add(metric)
@@ -247,15 +255,15 @@ def format_table(summary: Dict[str, Any]) -> str:
         continue
       value = check['value']
       allowed = f'served {check["baseline_value"]:.4f}'
-      lines.append(f'{task_name:<12} {metric + " vs served":<26} '
+      lines.append(f'{task_name:<12} {metric + " vs served":<34} '
                    f'{(f"{value:.4f}" if value is not None else "n/a"):>10} {allowed:>16}  '
                    f'{"yes" if check["passed"] else "NO"}')
     for metric in ('auc', 'root_mean_squared_error'):
       if metric in task['metrics'] and metric not in shown:
-        lines.append(f'{task_name:<12} {metric:<26} {task["metrics"][metric]:>10.4f} '
+        lines.append(f'{task_name:<12} {metric:<34} {task["metrics"][metric]:>10.4f} '
                      f'{"-":>16}  -')
     if task.get('sigma') is not None:
-      lines.append(f'{task_name:<12} {"learned sigma / weight":<26} {task["sigma"]:>10.4f} '
+      lines.append(f'{task_name:<12} {"learned sigma / weight":<34} {task["sigma"]:>10.4f} '
                    f'{"weight " + format(task["loss_weight"], ".4f"):>16}')
   return '\n'.join(lines)
 

@@ -35,7 +35,8 @@ def _run_with_new_day(e2e_run, root, rewrite, config):
   (logs / f'day={NEW_DAY}').mkdir()
   with gzip.open(logs / f'day={NEW_DAY}' / 'impressions.jsonl.gz', 'wt') as f:
     f.write(''.join(json.dumps(r) + '\n' for r in records))
-  config = config.with_overrides(data={'input_base': str(logs)})
+  config = config.with_overrides(data={'input_base': str(logs)},
+                                 serving={'push_dir': str(copy / 'serving')})
   with pytest.raises(PipelineRunError) as e:
     run_local(config, str(copy / 'run'))
   return e.value
@@ -63,7 +64,7 @@ def category_burst(e2e_run, tmp_path_factory):
 def test_category_burst_stops_before_transform_naming_the_feature(category_burst):
   _, _, error = category_burst
   message = str(error)
-  assert 'item_category' in message and 'COMPARATOR_L_INFINITY_HIGH' in message, message
+  assert 'item_category' in message and 'COMPARATOR_L_INFTY_HIGH' in message, message
   assert 'previous span' in message and 'data.accept_anomalies' in message
   states = _states(error)
   assert states['StrictExampleValidator'] == 'FAILED', states
@@ -87,6 +88,7 @@ def test_accepted_anomaly_kind_lets_the_run_go_on(category_burst):
 
   statistics = artifact('StatisticsGen', 'statistics', standard_artifacts.ExampleStatistics)
   schema = artifact('ImportSchemaGen', 'schema', standard_artifacts.Schema)
+  examples = artifact('LogExampleGen', 'examples', standard_artifacts.Examples)  # its span
   anomalies = standard_artifacts.ExampleAnomalies()
   anomalies.uri = str(root / 'accepted_anomalies')
   anomalies.split_names = artifact_utils.encode_split_names(['train', 'eval'])
@@ -97,15 +99,17 @@ def test_accepted_anomaly_kind_lets_the_run_go_on(category_burst):
   properties = dict(validator.exec_properties)
   with pytest.raises(strict_example_validator.DataAnomaliesError):
     strict_example_validator.Executor().Do(
-        {specs.STATISTICS_KEY: [statistics], specs.SCHEMA_KEY: [schema]},
+        {specs.STATISTICS_KEY: [statistics], specs.SCHEMA_KEY: [schema],
+         strict_example_validator.EXAMPLES_KEY: [examples]},
         {specs.ANOMALIES_KEY: [anomalies]}, properties)
-  properties[strict_example_validator.ACCEPT_KEY] = json.dumps(['COMPARATOR_L_INFINITY_HIGH'])
+  properties[strict_example_validator.ACCEPT_KEY] = json.dumps(['COMPARATOR_L_INFTY_HIGH'])
   strict_example_validator.Executor().Do(
-      {specs.STATISTICS_KEY: [statistics], specs.SCHEMA_KEY: [schema]},
+      {specs.STATISTICS_KEY: [statistics], specs.SCHEMA_KEY: [schema],
+       strict_example_validator.EXAMPLES_KEY: [examples]},
       {specs.ANOMALIES_KEY: [anomalies]}, properties)
   accepted = json.loads(anomalies.get_string_custom_property(
       strict_example_validator.ACCEPTED_PROPERTY))
-  assert any('item_category' in line and 'COMPARATOR_L_INFINITY_HIGH' in line
+  assert any('item_category' in line and 'COMPARATOR_L_INFTY_HIGH' in line
              for line in accepted), accepted
 
 
