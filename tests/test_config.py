@@ -98,3 +98,20 @@ def test_load_config_names_the_file(tmp_path):
   bad.write_text('name: x\ndata: [1, 2\n')
   with pytest.raises(ConfigError, match=f'{bad}: not valid YAML'):
     load_config(str(bad))
+
+
+def test_every_config_key_is_documented():
+  """docs/configuration.md names every key of every section."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from pipeline import config as config_module  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(os.path.dirname(SAMPLE_CONFIG), '..', 'docs', 'configuration.md')) as f:
+    doc = f.read()
+  sections = [config_module.PipelineConfig, config_module.DataConfig,
+              config_module.FeatureConfig, config_module.TaskConfig,
+              config_module.ModelConfig, config_module.TrainingConfig,
+              config_module.OptimizerConfig, config_module.ServingConfig,
+              config_module.BeamConfig, config_module.KubeflowConfig]
+  missing = [f'{cls.__name__}.{field.name}' for cls in sections
+             for field in dataclasses.fields(cls) if f'`{field.name}`' not in doc]
+  assert not missing, missing
