@@ -315,6 +315,9 @@ def main() -> None:
   report['peak_rss_benchmark_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   _print_tables(report)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  for run in report['runs']:  # where this machine kept the runs is not a result
+    run.pop('run_dir', None)
+    run.pop('push_path', None)
   with open(args.out, 'w') as f:
     json.dump(report, f, indent=2, sort_keys=True)
   print(f'\nwrote {args.out}')
