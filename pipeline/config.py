@@ -149,6 +149,17 @@ class TrainingConfig:
   # loss goes to 0 would otherwise drive s, and the total loss, to minus infinity).
   min_log_variance: Optional[float] = None
   seed: int = 42
+  # Distributed training (MultiWorkerMirroredStrategy when more than 1): locally the Trainer
+  # starts this many worker processes on 127.0.0.1; with kubeflow.trainer: tfjob, this many pods.
+  workers: int = 1
+  # How long a worker waits for every other worker to be reachable before failing.
+  worker_start_timeout_seconds: int = 300
+  # An all-reduce waiting longer than this for a worker fails the step (a lost worker is
+  # normally detected sooner, by the cluster's heartbeat, in about 10 s).
+  collective_timeout_seconds: int = 600
+  # Local workers: how many times the group is restarted, resuming from the last backup, after
+  # a worker is killed or loses a peer; any other worker error fails the Trainer at once.
+  worker_restarts: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +192,17 @@ class KubeflowConfig:
   image: str = 'mtl-pipeline:latest'       # the pipeline image (deploy/Dockerfile)
   pipeline_root: str = 'gs://CHANGE-ME/mtl-pipeline'
   experiment: str = 'mtl-pipeline'
+  # How the Trainer step trains: `pod` (in its own pod, with training.workers processes) or
+  # `tfjob` (a Kubeflow Training Operator TFJob of training.workers pods, each running the
+  # Trainer's executor; the operator sets TF_CONFIG).
+  trainer: str = 'pod'
+  namespace: Optional[str] = None          # tfjob: the TFJob's namespace (default: the step's own)
+  service_account: Optional[str] = None    # tfjob: the worker pods' service account
+  worker_cpu: str = '2'                    # tfjob: CPU request and limit of each worker pod
+  worker_memory: str = '8Gi'               # tfjob: memory request and limit of each worker pod
+  worker_gpus: int = 0                     # tfjob: nvidia.com/gpu limit of each worker pod
+  tfjob_backoff_limit: int = 3             # tfjob: pod restarts before the TFJob fails
+  tfjob_timeout_seconds: int = 86400       # tfjob: activeDeadlineSeconds, and the step's wait
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,6 +523,12 @@ def _parse_training_field(key: str, value: Any, path: str) -> Any:
     return _choice(value, path, LOSS_WEIGHTINGS)
   if key == 'min_log_variance':
     return None if value is None else _number(value, path)
+  if key == 'workers':
+    return _number(value, path, int, minimum=1)
+  if key == 'worker_restarts':
+    return _number(value, path, int, minimum=0, maximum=100)
+  if key in ('worker_start_timeout_seconds', 'collective_timeout_seconds'):
+    return _number(value, path, int, minimum=1)
   raise AssertionError(key)
 
 
@@ -547,8 +575,34 @@ def _parse_beam_field(key: str, value: Any, path: str) -> Any:
   return _optional_string(value, path)
 
 
+KUBEFLOW_TRAINERS = ('pod', 'tfjob')
+# Kubernetes resource quantities ('2', '500m', '8Gi', '1.5') and names (DNS-1123 labels).
+_QUANTITY = re.compile(r'^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$')
+_DNS_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')
+
+
 def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
-  del key
+  if key == 'trainer':
+    return _choice(value, path, KUBEFLOW_TRAINERS)
+  if key in ('namespace', 'service_account'):
+    if value is None:
+      return None
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+      raise ConfigError(f'{path}: {value!r} is not a Kubernetes name (lower-case letters, '
+                        'digits and -, at most 63 characters)')
+    return value
+  if key in ('worker_cpu', 'worker_memory'):
+    value = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(value, str) or not _QUANTITY.match(value):
+      raise ConfigError(f'{path}: {value!r} is not a Kubernetes quantity such as '
+                        f'{"2 or 500m" if key == "worker_cpu" else "8Gi"}')
+    return value
+  if key == 'worker_gpus':
+    return _number(value, path, int, minimum=0)
+  if key == 'tfjob_backoff_limit':
+    return _number(value, path, int, minimum=0)
+  if key == 'tfjob_timeout_seconds':
+    return _number(value, path, int, minimum=60)
   if not isinstance(value, str) or not value:
     raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
   return value

@@ -12,6 +12,12 @@ runs. What differs between the two orchestrators is only this list (`RUNNER_DIFF
 
 Errors from the KFP API (unreachable host, refused credentials, rejected requests) and bad
 cron expressions surface as `KubeflowError`, one line each.
+
+The Trainer step trains in its own pod (`training.workers` processes), or, with
+`kubeflow.trainer: tfjob`, creates a Kubeflow Training Operator TFJob of `training.workers`
+pods and waits for it (components/distributed_trainer.py, docs/distributed.md). That choice
+is made by the step's executor at run time, from the config it receives: the compiled graph
+is the same.
 """
 
 from __future__ import annotations

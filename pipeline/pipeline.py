@@ -22,6 +22,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from ml_metadata.proto import metadata_store_pb2
 
+from components.distributed_trainer import DistributedTrainer
 from components.log_example_gen import LogExampleGen
 from components.served_baseline_evaluator import ServedBaselineEvaluator
 from components.serving_pusher import ServingPusher
@@ -152,14 +153,16 @@ def create_pipeline(
       custom_config={CONFIG_KEY: data_config_json})
   # Transform does not read the anomalies, but must not start on data that failed validation.
   transform.add_upstream_node(example_validator)
-  trainer = tfx.components.Trainer(
+  # TFX's Trainer, on `training.workers` local processes or a Kubeflow TFJob when configured
+  # (components/distributed_trainer.py); in-process with one worker.
+  trainer = DistributedTrainer(
       run_fn=RUN_FN,
       examples=transform.outputs['transformed_examples'],
       transform_graph=transform.outputs['transform_graph'],
       schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
       eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
-      custom_config={CONFIG_KEY: config_json})
+      custom_config={CONFIG_KEY: config_json}).with_id('Trainer')
   evaluator = ServedBaselineEvaluator(
       examples=example_gen.outputs['examples'],
       model=trainer.outputs['model'],

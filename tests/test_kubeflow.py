@@ -314,3 +314,25 @@ def test_schedule_creates_one_recurring_run_without_catch_up(monkeypatch):
   assert (experiment_id, job_name) == ('e-1', f'{config.name}-scheduled')
   assert kwargs == {'cron_expression': '0 0 3 * * *', 'max_concurrency': 1,
                     'no_catchup': True, 'pipeline_id': 'p-1', 'version_id': 'v-1'}
+
+
+def test_trainer_step_can_train_as_a_tfjob_with_the_same_graph(tmp_path):
+  """`kubeflow.trainer: tfjob` changes what the Trainer step's executor does, not the graph:
+  same nodes and edges (the golden DAG), the Trainer step still named Trainer, its executor
+  ours, and the TFJob settings in the config it receives."""
+  config = sample_config(kubeflow={'image': IMAGE, 'pipeline_root': 'gs://bucket/root',
+                                   'trainer': 'tfjob', 'worker_memory': '16Gi'},
+                         training={'workers': 4})
+  with open(compile_pipeline(config, str(tmp_path / 'pipeline.yaml'))) as f:
+    spec = yaml.safe_load(f)
+  with open(GOLDEN_DAG) as f:
+    assert _dag(spec) == json.load(f)
+  trainer = spec['deploymentSpec']['executors']['Trainer_executor']['container']
+  assert trainer['image'] == IMAGE
+  assert trainer['args'][1] == 'components.distributed_trainer.Executor'
+  parameters = spec['root']['dag']['tasks']['Trainer']['inputs']['parameters']
+  custom_config = json.loads(parameters['custom_config']['runtimeValue']['constantValue'][
+      'stringValue'])
+  received = json.loads(custom_config['pipeline_config'])
+  assert received['kubeflow']['trainer'] == 'tfjob' and received['training']['workers'] == 4
+  assert received['kubeflow']['worker_memory'] == '16Gi'

@@ -129,3 +129,36 @@ def test_finite_training_is_not_stopped():
   eval_data = tf.data.Dataset.from_tensor_slices(_batch(128, seed=4)).batch(64).repeat()
   history = run.train(model, train_data, eval_data, config, train_steps=20, eval_steps=4)
   assert len(history['loss']) == 10 and all(np.isfinite(history['val_dwell_loss']))
+
+
+def test_backup_restores_every_group_optimizer_and_the_step(tmp_path, caplog):
+  """BackupAndRestore (as run_fn uses it) saves every group optimizer's step and slots: an
+  interrupted fit, resumed from the backup by a fresh model, ends where an uninterrupted fit
+  does, and says at which step it resumed."""
+  config = _config()
+  # The same batch at every step, so where the data restarts after resuming does not matter.
+  data = tf.data.Dataset.from_tensor_slices(_batch(64, seed=3)).batch(64).repeat()
+  backup = str(tmp_path / 'backup')
+
+  class Interrupt(tf.keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 1:  # after BackupAndRestore backed up epochs 0 and 1
+        raise RuntimeError('interrupted')
+
+  interrupted = _model(config)
+  with pytest.raises(RuntimeError, match='interrupted'):
+    interrupted.fit(data, steps_per_epoch=5, epochs=4, verbose=0,
+                    callbacks=[tf.keras.callbacks.BackupAndRestore(backup), Interrupt()])
+  assert run.backed_up_steps(backup, steps_per_epoch=5) == 10
+  resumed = _model(config)
+  caplog.set_level('INFO', logger='absl')
+  history = resumed.fit(data, steps_per_epoch=5, epochs=4, verbose=0, callbacks=[
+      tf.keras.callbacks.BackupAndRestore(backup), run.ReportResume(backup, 20, 'trainer')])
+  assert len(history.history['loss']) == 2  # only the epochs after the backup
+  assert f'trainer: resumed from the backup in {backup} at step 10 of 20' in caplog.text
+  straight = _model(config)
+  straight.fit(data, steps_per_epoch=5, epochs=4, verbose=0)
+  for group, optimizer in resumed.group_optimizers.items():
+    assert int(optimizer.iterations) == int(straight.group_optimizers[group].iterations) == 20
+  for a, b in zip(resumed.variables, straight.variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)

@@ -9,44 +9,265 @@ exports the serving SavedModel.
 A loss that becomes NaN or infinite stops training at once with `NonFiniteLossError`, naming
 the step and the task(s) whose loss is not finite; nothing is exported (the export comes only
 after training returns), so the Trainer fails and no model reaches the Evaluator or Pusher.
+
+Distributed training (docs/distributed.md). When `TF_CONFIG` names more than one worker (set by
+the Trainer's local launcher, components/distributed_trainer.py, or by the Kubeflow Training
+Operator), `run_fn` trains under MultiWorkerMirroredStrategy:
+
+- the batch in the config is per replica; the global batch is that times the replicas;
+- every worker reads all the transformed examples and keeps its share of each global batch
+  (auto-shard policy DATA, see `make_dataset`);
+- only the chief (the `chief` task, or worker 0 when there is none) writes the serving model,
+  the TensorBoard logs and `training_summary.json`; the others save to a temporary directory
+  they delete (saving takes part in collectives, so every worker must save);
+- `BackupAndRestore` backs the training state up under `<model_run>/backup` after every epoch;
+  a restarted worker group resumes from there (the input skipping the batches already
+  trained) and logs the step it resumed at. The backup is deleted when training completes;
+- joining the cluster and every all-reduce are bounded in time (`training.
+  worker_start_timeout_seconds`, `training.collective_timeout_seconds`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, TrainingConfig
 from trainer import export
 from trainer.model import MultiTaskModel
 from trainer.models import build_network
 from trainer.preprocessing import CONFIG_KEY, vocabulary_name
 
 TRAINING_SUMMARY_FILE = 'training_summary.json'
+BACKUP_DIR = 'backup'  # under the model-run directory, which every worker shares
 _LABEL_MEAN_BATCHES = 20
 _MAX_EPOCHS = 10
+_CLUSTER_JOBS = ('chief', 'worker')  # what MultiWorkerMirroredStrategy trains with
 
 
-def make_strategy() -> tf.distribute.Strategy:
-  """MultiWorkerMirroredStrategy when TF_CONFIG names more than one worker, else the default."""
-  tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
-  workers = tf_config.get('cluster', {}).get('worker', [])
-  if len(workers) > 1:
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  return tf.distribute.get_strategy()
+# ---------------------------------------------------------------------------------------------
+# The cluster: TF_CONFIG, checked; every worker reachable before TensorFlow joins them.
+
+
+class ClusterConfigError(ValueError):
+  """TF_CONFIG does not describe a usable training cluster; the message says what is wrong."""
+
+
+class ClusterStartError(RuntimeError):
+  """The workers could not all be reached (or this worker cannot listen on its port)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCluster:
+  """The workers TF_CONFIG names, in MultiWorkerMirroredStrategy's order (the chief first, if
+  there is one), and which of them this process is."""
+  names: Tuple[str, ...]       # 'chief 0', 'worker 0', 'worker 1', ...
+  addresses: Tuple[str, ...]   # 'host:port', one per name
+  worker_id: int               # this process: an index into names and addresses
+
+  @property
+  def num_workers(self) -> int:
+    return len(self.addresses)
+
+  @property
+  def is_chief(self) -> bool:
+    """The chief task, or worker 0 without one (as MultiWorkerMirroredStrategy decides)."""
+    return self.worker_id == 0
+
+  @property
+  def name(self) -> str:
+    return self.names[self.worker_id]
+
+  @property
+  def address(self) -> str:
+    return self.addresses[self.worker_id]
+
+
+def _split_address(address: str) -> Tuple[str, int]:
+  host, _, port = address.rpartition(':')
+  return host.strip('[]'), int(port)
+
+
+def parse_tf_config(text: Optional[str]) -> Optional[TrainingCluster]:
+  """The cluster TF_CONFIG describes, or None when it names at most one worker (or is unset).
+
+  Raises ClusterConfigError naming the problem: not JSON, task types other than chief and
+  worker, a malformed address, a missing task, or a task that is not in the cluster.
+  """
+  if not text or not text.strip():
+    return None
+  try:
+    tf_config = json.loads(text)
+  except ValueError as e:
+    raise ClusterConfigError(f'TF_CONFIG is not valid JSON ({e}): {text[:200]!r}') from None
+  if not isinstance(tf_config, dict):
+    raise ClusterConfigError('TF_CONFIG must be a JSON object with "cluster" and "task", got '
+                             f'{text[:200]!r}')
+  cluster = tf_config.get('cluster') or {}
+  if not isinstance(cluster, dict):
+    raise ClusterConfigError(f'TF_CONFIG "cluster" must map task types to address lists, got '
+                             f'{cluster!r}')
+  others = sorted(set(cluster) - set(_CLUSTER_JOBS))
+  if others:
+    raise ClusterConfigError(
+        f'TF_CONFIG cluster has {", ".join(others)} tasks; MultiWorkerMirroredStrategy trains '
+        'with chief and worker tasks only')
+  names: List[str] = []
+  addresses: List[str] = []
+  for job in _CLUSTER_JOBS:
+    tasks = cluster.get(job, [])
+    if not isinstance(tasks, list) or not all(isinstance(a, str) for a in tasks):
+      raise ClusterConfigError(f'TF_CONFIG cluster.{job} must be a list of "host:port" '
+                               f'addresses, got {tasks!r}')
+    if job == 'chief' and len(tasks) > 1:
+      raise ClusterConfigError(f'TF_CONFIG cluster.chief has {len(tasks)} addresses; there is '
+                               'at most one chief')
+    for i, address in enumerate(tasks):
+      host, _, port = address.rpartition(':')
+      if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterConfigError(f'TF_CONFIG cluster.{job}[{i}]: {address!r} is not a '
+                                 '"host:port" address')
+      if address in addresses:
+        raise ClusterConfigError(f'TF_CONFIG cluster.{job}[{i}]: {address!r} is listed twice')
+      names.append(f'{job} {i}')
+      addresses.append(address)
+  task = tf_config.get('task')
+  if task is None:
+    if len(addresses) > 1:
+      raise ClusterConfigError(f'TF_CONFIG names {len(addresses)} workers but has no "task" '
+                               'saying which of them this process is')
+    return None
+  if not isinstance(task, dict):
+    raise ClusterConfigError(f'TF_CONFIG "task" must be {{"type": ..., "index": ...}}, got '
+                             f'{task!r}')
+  task_type, index = task.get('type'), task.get('index')
+  if task_type not in cluster:
+    raise ClusterConfigError(f'TF_CONFIG task.type {task_type!r} is not a task type of the '
+                             f'cluster ({", ".join(sorted(cluster)) or "none"})')
+  if isinstance(index, bool) or not isinstance(index, int):
+    raise ClusterConfigError(f'TF_CONFIG task.index must be an integer (which {task_type} this '
+                             f'process is), got {index!r}')
+  if not 0 <= index < len(cluster[task_type]):
+    raise ClusterConfigError(f'TF_CONFIG task.index {index} is out of range: cluster.'
+                             f'{task_type} has {len(cluster[task_type])} address(es)')
+  if len(addresses) <= 1:
+    return None
+  return TrainingCluster(tuple(names), tuple(addresses), names.index(f'{task_type} {index}'))
+
+
+def wait_for_workers(cluster: TrainingCluster, timeout_seconds: float) -> None:
+  """Returns once every other worker accepts connections on its cluster port; raises
+  ClusterStartError naming those that did not within `timeout_seconds`.
+
+  Why: while creating the strategy, TensorFlow waits for missing workers for up to an hour, and
+  holds the GIL meanwhile, so nothing in the process can cut that short. So first, each worker
+  listens on its own port with a plain socket and connects to every other worker's port; once
+  all answered, it closes its socket and TensorFlow's server takes the port. A worker that got
+  there first is reachable on the same port through TensorFlow's server, so no one waits for a
+  worker that is up.
+  """
+  _, port = _split_address(cluster.address)
+  listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    listener.bind(('', port))
+  except OSError as e:
+    listener.close()
+    raise ClusterStartError(f'{cluster.name} cannot listen on port {port} (its address in '
+                            f'TF_CONFIG is {cluster.address}): {e}') from None
+  listener.listen(64)
+  listener.settimeout(0.2)
+  stop = threading.Event()
+
+  def answer() -> None:
+    while not stop.is_set():
+      try:
+        connection, _ = listener.accept()
+      except socket.timeout:
+        continue
+      except OSError:
+        return
+      # Let the caller close first, so the port is left without connections in TIME_WAIT.
+      connection.settimeout(2.0)
+      with contextlib.suppress(OSError):
+        connection.recv(1)
+      connection.close()
+
+  answering = threading.Thread(target=answer, name='cluster-port', daemon=True)
+  answering.start()
+  pending = {i for i in range(cluster.num_workers) if i != cluster.worker_id}
+  errors: Dict[int, str] = {}
+  deadline = time.monotonic() + timeout_seconds
+  try:
+    while pending:
+      for i in sorted(pending):
+        try:
+          socket.create_connection(_split_address(cluster.addresses[i]), timeout=2.0).close()
+          pending.discard(i)
+        except OSError as e:
+          errors[i] = e.strerror or str(e)
+      if pending and time.monotonic() > deadline:
+        missing = ', '.join(f'{cluster.names[i]} at {cluster.addresses[i]} ({errors[i]})'
+                            for i in sorted(pending))
+        raise ClusterStartError(
+            f'{cluster.name} of {cluster.num_workers}: not reachable within '
+            f'{timeout_seconds:g} s (training.worker_start_timeout_seconds): {missing}')
+      if pending:
+        time.sleep(0.5)
+  finally:
+    stop.set()
+    answering.join()
+    listener.close()
+
+
+def make_strategy(cluster: Optional[TrainingCluster] = None,
+                  training: TrainingConfig = TrainingConfig()) -> tf.distribute.Strategy:
+  """MultiWorkerMirroredStrategy for a cluster of several workers, else the default strategy.
+
+  Create it before any other TensorFlow op runs: it configures the runtime. Waits (bounded)
+  for every worker to be reachable first; each all-reduce then fails after
+  `collective_timeout_seconds` rather than waiting for a worker forever.
+  """
+  if cluster is None:
+    return tf.distribute.get_strategy()
+  wait_for_workers(cluster, training.worker_start_timeout_seconds)
+  logging.info('%s of %d joins the cluster %s', cluster.name, cluster.num_workers,
+               ', '.join(cluster.addresses))
+  return tf.distribute.MultiWorkerMirroredStrategy(
+      communication_options=tf.distribute.experimental.CommunicationOptions(
+          # AUTO: ring all-reduce over gRPC on CPUs, NCCL where workers have GPUs.
+          implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+          timeout_seconds=training.collective_timeout_seconds))
 
 
 def make_dataset(file_pattern: List[str], data_accessor: tfx.components.DataAccessor,
                  tf_transform_output: tft.TFTransformOutput, config: PipelineConfig,
                  batch_size: int, shuffle: bool = True) -> tf.data.Dataset:
-  """(features, labels) batches of transformed examples, repeated indefinitely."""
+  """(features, labels) batches of transformed examples, repeated indefinitely.
+
+  `batch_size` is the global batch. Under MultiWorkerMirroredStrategy Keras distributes the
+  dataset with auto-shard policy DATA: every worker reads all the examples, in the same seeded
+  order, and keeps its own slice of each global batch. FILE (one file per worker) would read
+  less, but Transform writes each split as a few gzip TFRecord files (one for a small log), so
+  with FILE a worker could get no file or most of the data; DATA gives every worker an equal
+  share whatever the file count, and each step's global batch is the one a single worker would
+  train on.
+  """
   dataset = data_accessor.tf_dataset_factory(
       file_pattern,
       tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle,
@@ -58,7 +279,10 @@ def make_dataset(file_pattern: List[str], data_accessor: tfx.components.DataAcce
   def split(batch):
     return ({n: batch[n] for n in feature_names}, {n: batch[n] for n in label_names})
 
-  return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return (dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE).with_options(options))
 
 
 def cardinalities(config: PipelineConfig,
@@ -132,6 +356,25 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
         'far outside the expected range (tasks[].label_min/label_max).')
 
 
+def epoch_schedule(train_steps: int) -> Tuple[int, int]:
+  """(epochs, steps per epoch) for `train_steps` steps: up to 10 epochs, for logging."""
+  epochs = min(_MAX_EPOCHS, train_steps)
+  return epochs, max(1, train_steps // epochs)
+
+
+def backed_up_steps(backup_dir: str, steps_per_epoch: int) -> int:
+  """How many steps the backup in `backup_dir` holds (0 without one): its completed epochs.
+
+  Reads what Keras' BackupAndRestore writes: checkpoints in `<backup_dir>/chief/`, with the
+  last completed epoch in `ckpt_saved_epoch`.
+  """
+  checkpoint = tf.train.latest_checkpoint(os.path.join(backup_dir, 'chief'))
+  if not checkpoint:
+    return 0
+  epoch = tf.train.load_variable(checkpoint, 'ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE')
+  return (int(epoch) + 1) * steps_per_epoch if epoch >= 0 else 0
+
+
 def train(model: MultiTaskModel, train_dataset: tf.data.Dataset, eval_dataset: tf.data.Dataset,
           config: PipelineConfig, train_steps: int, eval_steps: int,
           callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Dict[str, List[float]]:
@@ -139,8 +382,7 @@ def train(model: MultiTaskModel, train_dataset: tf.data.Dataset, eval_dataset: t
 
   Raises NonFiniteLossError at the first step whose loss is NaN or infinite.
   """
-  epochs = min(_MAX_EPOCHS, train_steps)
-  steps_per_epoch = max(1, train_steps // epochs)
+  epochs, steps_per_epoch = epoch_schedule(train_steps)
   stop = StopOnNonFiniteLoss([t.name for t in config.tasks], steps_per_epoch,
                              steps_per_epoch * epochs)
   history = model.fit(
@@ -172,13 +414,89 @@ def _summarise(history: Mapping[str, List[float]], config: PipelineConfig,
           'train_loss_by_epoch': [float(v) for v in history.get('loss', [])]}
 
 
+class ReportResume(tf.keras.callbacks.Callback):
+  """Logs, at the start of training, the step BackupAndRestore resumed from (0 without a
+  backup): the trunk optimizer's step counter, restored with the rest of the training state.
+  Goes after BackupAndRestore in the callback list, which restores in `on_train_begin`."""
+
+  def __init__(self, backup_dir: str, train_steps: int, worker: str):
+    super().__init__()
+    self._backup_dir = backup_dir
+    self._train_steps = train_steps
+    self._worker = worker
+
+  def on_train_begin(self, logs=None):
+    step = int(self.model.optimizer.iterations.numpy())
+    if step:
+      logging.info('%s: resumed from the backup in %s at step %d of %d', self._worker,
+                   self._backup_dir, step, self._train_steps)
+    else:
+      logging.info('%s: no backup in %s, training starts at step 0 of %d', self._worker,
+                   self._backup_dir, self._train_steps)
+
+
+class LogThroughput(tf.keras.callbacks.Callback):
+  """Logs how many examples per second this worker trained on (its share of each global
+  batch), over the whole fit and after the first step (which includes tracing the step)."""
+
+  def __init__(self, worker_batch_size: int, worker: str):
+    super().__init__()
+    self._batch = worker_batch_size
+    self._worker = worker
+    self._steps = 0
+    self._start = self._after_first = 0.0
+
+  def on_train_begin(self, logs=None):
+    self._start = time.monotonic()
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._steps += 1
+    if self._steps == 1:
+      self._after_first = time.monotonic()
+
+  def on_train_end(self, logs=None):
+    now = time.monotonic()
+    total = now - self._start
+    later = now - self._after_first
+    logging.info(
+        '%s: trained %d steps of %d examples in %.1f s: %.0f examples/s (%.0f examples/s '
+        'after the first step)', self._worker, self._steps, self._batch, total,
+        self._steps * self._batch / max(total, 1e-9),
+        (self._steps - 1) * self._batch / max(later, 1e-9))
+
+
+@contextlib.contextmanager
+def _worker_outputs(fn_args: tfx.components.FnArgs, is_chief: bool) -> Iterator[Tuple[str, str]]:
+  """(serving model dir, model-run dir) this worker writes: the Trainer's outputs on the chief,
+  a temporary directory deleted afterwards on the other workers."""
+  if is_chief:
+    yield fn_args.serving_model_dir, fn_args.model_run_dir
+    return
+  scratch = tempfile.mkdtemp(prefix='mtl-worker-')
+  try:
+    yield os.path.join(scratch, 'serving_model'), os.path.join(scratch, 'model_run')
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+  """Returns once every worker got here (one tiny all-reduce; nothing with one worker)."""
+  if strategy.num_replicas_in_sync > 1:
+    strategy.reduce(tf.distribute.ReduceOp.SUM,
+                    strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-  """Trains and exports the multi-task model (called by TFX's Trainer)."""
+  """Trains and exports the multi-task model (called by TFX's Trainer, on every worker)."""
   config = PipelineConfig.from_json(fn_args.custom_config[CONFIG_KEY])
+  cluster = parse_tf_config(os.environ.get('TF_CONFIG'))
+  # First: MultiWorkerMirroredStrategy configures the TensorFlow runtime.
+  strategy = make_strategy(cluster, config.training)
+  is_chief = cluster is None or cluster.is_chief
+  worker = f'{cluster.name} of {cluster.num_workers}' if cluster else 'trainer'
   tf.keras.utils.set_random_seed(config.training.seed)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  strategy = make_strategy()
-  batch_size = config.training.batch_size * strategy.num_replicas_in_sync
+  batch_size = config.training.batch_size * strategy.num_replicas_in_sync  # global batch
 
   train_dataset = make_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                                config, batch_size)
@@ -186,18 +504,45 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                               config, batch_size, shuffle=False)
   label_means = estimate_label_means(train_dataset, config)
 
+  # The network, the loss weighting's log-variances and every group's optimizer are created
+  # here (MultiTaskModel.__init__), so they are mirrored across the replicas.
   with strategy.scope():
     network = build_network(config, cardinalities(config, tf_transform_output), label_means)
     model = MultiTaskModel(network, config)
     model.compile(optimizer=model.group_optimizers['trunk'])
 
-  tensorboard = tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq='epoch')
-  # Raises NonFiniteLossError on a NaN or infinite loss, before anything below is written.
-  history = train(model, train_dataset, eval_dataset, config, fn_args.train_steps,
-                  fn_args.eval_steps, callbacks=[tensorboard])
-
-  summary = _summarise(history, config, model)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY_FILE), 'w') as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
-  export.export_serving_model(model.network, config, tf_transform_output,
-                              fn_args.serving_model_dir)
+  backup_dir = os.path.join(fn_args.model_run_dir, BACKUP_DIR)
+  # Resuming: the input skips the batches trained before the backup, so a resumed run trains
+  # on the batches an uninterrupted one would (the input's position is not in the backup).
+  resumed_steps = backed_up_steps(backup_dir, epoch_schedule(fn_args.train_steps)[1])
+  if resumed_steps:
+    logging.info('%s: a backup holds %d steps; the input skips their batches', worker,
+                 resumed_steps)
+    train_dataset = train_dataset.skip(resumed_steps)
+  with _worker_outputs(fn_args, is_chief) as (serving_model_dir, model_run_dir):
+    callbacks = [
+        # Every worker restores; the chief writes the backup (the others a temporary copy).
+        tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq='epoch',
+                                            delete_checkpoint=True),
+        ReportResume(backup_dir, fn_args.train_steps, worker),
+        tf.keras.callbacks.TensorBoard(log_dir=model_run_dir, update_freq='epoch'),
+        LogThroughput(batch_size // (cluster.num_workers if cluster else 1), worker),
+    ]
+    # Raises NonFiniteLossError on a NaN or infinite loss, before anything below is written.
+    history = train(model, train_dataset, eval_dataset, config, fn_args.train_steps,
+                    fn_args.eval_steps, callbacks=callbacks)
+    if is_chief:
+      summary = _summarise(history, config, model)
+      with tf.io.gfile.GFile(os.path.join(model_run_dir, TRAINING_SUMMARY_FILE), 'w') as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    export.export_serving_model(model.network, config, tf_transform_output, serving_model_dir)
+    # No worker leaves before all have saved (saving may take part in collectives).
+    _barrier(strategy)
+  if is_chief:
+    # BackupAndRestore deleted its checkpoints; the directory that held them goes too.
+    if tf.io.gfile.exists(backup_dir):
+      tf.io.gfile.rmtree(backup_dir)
+  else:
+    # TFX's Trainer executor, run on every worker, fails unless serving_model_dir exists; the
+    # chief writes the model into it.
+    tf.io.gfile.makedirs(fn_args.serving_model_dir)

@@ -1,0 +1,528 @@
+"""Distributed training: MultiWorkerMirroredStrategy on real local worker processes (gRPC on
+127.0.0.1), their failures and restarts, TF_CONFIG checks, and the Kubeflow TFJob.
+
+The multi-worker tests train on the shared end-to-end run's Transform output: a pipeline
+rerun (Trainer, Evaluator, Pusher; ingestion and Transform cached) on 2 workers, one of them
+killed and the group resumed, compared with the shared 1-worker run; and a direct call of the
+local launcher for a worker's error.
+"""
+
+import dataclasses
+import glob
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import yaml
+
+from components import distributed_trainer as dt
+from conftest import REPO, copy_e2e_run, sample_config
+from pipeline.config import ConfigError
+from pipeline.local_runner import run_local
+from trainer import run as trainer_run
+
+# ---------------------------------------------------------------------------------------------
+# TF_CONFIG: checked before TensorFlow sees it; a missing worker fails within the start timeout.
+
+
+def _tf_config(**kwargs):
+  config = {'cluster': {'worker': ['127.0.0.1:2222', '127.0.0.1:2223']},
+            'task': {'type': 'worker', 'index': 0}}
+  config.update(kwargs)
+  return json.dumps(config)
+
+
+def test_tf_config_names_the_cluster_and_the_chief():
+  cluster = trainer_run.parse_tf_config(_tf_config(task={'type': 'worker', 'index': 1}))
+  assert cluster.num_workers == 2 and cluster.address == '127.0.0.1:2223'
+  assert not cluster.is_chief and cluster.name == 'worker 1'
+  with_chief = trainer_run.parse_tf_config(json.dumps(
+      {'cluster': {'chief': ['c:1'], 'worker': ['w:1', 'w:2']}, 'task': {'type': 'chief',
+                                                                           'index': 0}}))
+  assert with_chief.is_chief and with_chief.names == ('chief 0', 'worker 0', 'worker 1')
+  # Unset, or a single worker: the default strategy.
+  assert trainer_run.parse_tf_config(None) is None
+  assert trainer_run.parse_tf_config('') is None
+  assert trainer_run.parse_tf_config(json.dumps(
+      {'cluster': {'worker': ['w:1']}, 'task': {'type': 'worker', 'index': 0}})) is None
+
+
+@pytest.mark.parametrize('tf_config, message', [
+    ('{"cluster": {"worker": ["a:1", "b:2"]', r'TF_CONFIG is not valid JSON'),
+    ('["a:1"]', r'TF_CONFIG must be a JSON object'),
+    (json.dumps({'cluster': {'worker': ['a:1', 'b:2']}}),
+     r'names 2 workers but has no "task"'),
+    (_tf_config(task={'type': 'worker', 'index': 2}),
+     r'task.index 2 is out of range: cluster.worker has 2 address'),
+    (_tf_config(task={'type': 'worker'}), r'task.index must be an integer'),
+    (_tf_config(task={'type': 'ps', 'index': 0}), r"task.type 'ps' is not a task type"),
+    (_tf_config(cluster={'worker': ['a:1'], 'ps': ['p:1']}), r'ps tasks; .* chief and worker'),
+    (_tf_config(cluster={'worker': ['a:1', 'nohost']}),
+     r"cluster.worker\[1\]: 'nohost' is not a \"host:port\""),
+    (_tf_config(cluster={'worker': ['a:1', 'a:1']}), r"'a:1' is listed twice"),
+    (_tf_config(cluster={'worker': 'a:1,b:2'}), r'must be a list of "host:port"'),
+])
+def test_bad_tf_config_is_named(tf_config, message):
+  with pytest.raises(trainer_run.ClusterConfigError, match=message):
+    trainer_run.parse_tf_config(tf_config)
+
+
+def test_unreachable_worker_fails_in_bounded_time_naming_it():
+  """Before TensorFlow joins the cluster (where it would wait up to an hour)."""
+  ports = dt.free_ports(2)
+  cluster = trainer_run.parse_tf_config(json.dumps(dt.local_tf_configs(ports)[0]))
+  training = sample_config(training={'worker_start_timeout_seconds': 2}).training
+  started = time.monotonic()
+  with pytest.raises(trainer_run.ClusterStartError) as e:
+    trainer_run.make_strategy(cluster, training)
+  assert time.monotonic() - started < 10
+  assert (f'worker 0 of 2: not reachable within 2 s (training.worker_start_timeout_seconds): '
+          f'worker 1 at 127.0.0.1:{ports[1]} (Connection refused)') == str(e.value)
+
+
+def test_lost_or_unreachable_peers_make_a_worker_exit_retryable():
+  """The worker command's exit code: 200 (the group may be restarted, also by the TFJob's
+  ExitCode policy) when another worker is gone or unreachable; 1 for its own errors."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for error in (trainer_run.ClusterStartError('worker 1 at 127.0.0.1:2 not reachable'),
+                tf.errors.UnavailableError(None, None, 'Collective ops is aborted by: ...'),
+                tf.errors.DeadlineExceededError(None, None, 'Collective timed out')):
+    assert dt.exit_code(error) == dt.EXIT_PEER_LOST == 200
+  for error in (trainer_run.NonFiniteLossError('Training stopped at step 7'),
+                trainer_run.ClusterConfigError('TF_CONFIG is not valid JSON'),
+                tf.errors.NotFoundError(None, None, 'no such file'), ValueError('bad')):
+    assert dt.exit_code(error) == dt.EXIT_ERROR == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step under a multi-replica strategy: gradients reduced once, logs not summed.
+
+_AGGREGATION_SCRIPT = r'''
+import json, sys
+sys.path.insert(0, {repo!r})
+import pipeline  # sets TF_USE_LEGACY_KERAS
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pipeline.config import parse_config
+from trainer.model import MultiTaskModel
+from trainer.models import build_network
+
+sgd = {{'type': 'sgd', 'learning_rate': 0.1}}
+config = parse_config({{
+    'name': 'aggregation', 'data': {{'input_base': '/unused', 'split_key': 'user'}},
+    'features': [{{'name': 'user', 'type': 'categorical', 'embedding_dim': 4}},
+                 {{'name': 'position', 'type': 'numeric'}}],
+    'tasks': [{{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
+               'optimizer': sgd}},
+              {{'name': 'dwell', 'label': 'dwell', 'type': 'regression', 'head_units': [8],
+               'optimizer': sgd}}],
+    'model': {{'trunk_units': [16]}},
+    'training': {{'trunk_optimizer': sgd, 'loss_weights_optimizer': sgd}}}})
+rng = np.random.default_rng(0)
+n = 64 * 3
+data = ({{'user': rng.integers(0, 10, n), 'position': rng.normal(size=n).astype(np.float32)}},
+        {{'click': rng.integers(0, 2, n).astype(np.float32),
+          'dwell': rng.gamma(2.0, 3.0, n).astype(np.float32)}})
+
+def train(strategy):
+  tf.keras.utils.set_random_seed(3)
+  with strategy.scope():
+    model = MultiTaskModel(build_network(config, {{'user': 10}}), config)
+    model.compile(optimizer=model.group_optimizers['trunk'])
+  initial = [v.numpy().copy() for v in model.trainable_variables]
+  dataset = tf.data.Dataset.from_tensor_slices(data).batch(64)  # 3 global batches of 64
+  history = model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0).history
+  return initial, [v.numpy() for v in model.trainable_variables], history
+
+one = train(tf.distribute.get_strategy())
+two = train(tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+print(json.dumps({{
+    'replicas': 2,
+    'same_start': max(float(np.max(np.abs(a - b))) for a, b in zip(one[0], two[0])),
+    'moved': max(float(np.max(np.abs(a - b))) for a, b in zip(one[0], one[1])),
+    'difference': max(float(np.max(np.abs(a - b))) for a, b in zip(one[1], two[1])),
+    'history_one': one[2], 'history_two': two[2]}}))
+'''
+
+
+def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(tmp_path):
+  """SGD (unlike Adam, sensitive to the gradient's scale) on 2 replicas, each with half of
+  every global batch, ends at the same weights as 1 replica: the loss is scaled by 1/replicas
+  and the gradients are summed exactly once per step. The logged losses and sigmas are the
+  global values, not their sum over the replicas."""
+  completed = subprocess.run(
+      [sys.executable, '-c', _AGGREGATION_SCRIPT.format(repo=REPO)],
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True, text=True,
+      timeout=300)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  result = json.loads(completed.stdout.strip().splitlines()[-1])
+  assert result['same_start'] == 0.0
+  assert result['moved'] > 1e-2  # the steps did something
+  assert result['difference'] < 1e-5, result  # 2x (loss not scaled) would be ~moved
+  for key in ('loss', 'click_loss', 'dwell_loss', 'click_sigma', 'dwell_weight'):
+    assert result['history_two'][key] == pytest.approx(result['history_one'][key], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local workers: the pipeline's Trainer on 2 processes; failures, restarts and resumption.
+
+
+def _relative(a, b):
+  return abs(a - b) / max(abs(b), 1e-9)
+
+
+def _kill_worker_after_first_backup(model_runs, index, killed):
+  """Waits for the chief's first backup under `model_runs`, then SIGKILLs local training
+  worker `index` (a child of this test's process)."""
+  pattern = os.path.join(model_runs, '*', trainer_run.BACKUP_DIR, 'chief', 'checkpoint')
+  deadline = time.monotonic() + 600
+  while not glob.glob(pattern) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  for process in psutil.Process().children(recursive=True):
+    try:
+      if dt.WORKER_MODULE in process.cmdline() and json.loads(
+          process.environ()['TF_CONFIG'])['task']['index'] == index:
+        os.kill(process.pid, signal.SIGKILL)
+        killed.append(process.pid)
+        return
+    except (psutil.Error, KeyError):
+      continue
+
+
+def test_two_workers_resume_after_a_kill_and_push_a_model_that_matches_one_worker(
+    e2e_run, tmp_path, capsys):
+  """The pipeline's Trainer on 2 local workers, per-replica batch 128, against the shared
+  1-worker run (batch 256): same global batches, steps and seed. The chief is SIGKILLed after
+  the first epoch's backup; the launcher restarts both workers, which resume from the backup
+  (not step 0) and finish. Each step still trains on the batch the 1-worker run did (DATA
+  sharding; the resumed input skips the batches already trained), so the pushed model's
+  metrics agree up to float summation order: measured, to 5 decimals. The tolerances (0.005
+  AUC, 1% otherwise) leave room for that noise; a resumed input that re-trained on the first
+  batches instead moved calibration and mean prediction by about 15% and AUC by 0.008."""
+  one = e2e_run['config']
+  root = copy_e2e_run(e2e_run, tmp_path / 'two-workers')
+  config = one.with_overrides(
+      training={'workers': 2, 'batch_size': one.training.batch_size // 2},
+      serving={'push_dir': str(root / 'serving-two-workers')})
+  model_runs = root / 'run' / 'pipeline_root' / 'Trainer' / 'model_run'
+  killed = []
+  killer = threading.Thread(target=_kill_worker_after_first_backup,
+                            args=(str(model_runs), 0, killed), daemon=True)
+  killer.start()
+  summary = run_local(config, str(root / 'run'))
+  killer.join(timeout=1)
+  states = {name: c['state'] for name, c in summary['components'].items()}
+  for name in ('LogExampleGen', 'StatisticsGen', 'Transform'):
+    assert states[name] == 'CACHED', (name, states)
+  assert states['Trainer'] == 'COMPLETE' and summary['push']['pushed'], summary
+
+  # Killed, restarted, resumed from the backup (an epoch is 12 steps), finished.
+  assert killed, 'the chief was never killed'
+  log = capsys.readouterr().err
+  resumed = re.findall(r'\[worker 0\] .*worker 0 of 2: resumed from the backup in \S+ at '
+                       r'step (\d+) of 120', log)
+  assert len(resumed) == 1 and 12 <= int(resumed[0]) < 120, log[-5000:]
+  assert f'worker 0 of 2: trained {120 - int(resumed[0])} steps of 128 examples' in log
+  assert 'worker 0 of 2: no backup in' in log  # the first start began at step 0
+
+  single = e2e_run['summary']
+  for task in one.tasks:
+    mine, theirs = summary['tasks'][task.name], single['tasks'][task.name]
+    for metric, value in theirs['metrics'].items():
+      tolerance = {'auc': ('abs', 0.005), 'example_count': ('abs', 0),
+                   'mean_label': ('abs', 1e-6)}.get(metric, ('rel', 0.01))
+      difference = (abs(mine['metrics'][metric] - value) if tolerance[0] == 'abs'
+                    else _relative(mine['metrics'][metric], value))
+      assert difference <= tolerance[1], (task.name, metric, mine['metrics'][metric], value)
+    # Per epoch (from the chief's logs: global values, not summed over the workers), for the
+    # epochs trained after the restart.
+    assert mine['sigma'] == pytest.approx(theirs['sigma'], rel=0.01)
+    trained = len(mine['sigma_by_epoch'])
+    assert 1 <= trained < 10
+    for a, b in zip(mine['sigma_by_epoch'], theirs['sigma_by_epoch'][-trained:]):
+      assert a == pytest.approx(b, rel=0.02)
+  # Only the chief wrote the Trainer's outputs; the backup is gone after training.
+  latest = max(model_runs.iterdir(), key=lambda p: int(p.name))
+  assert sorted(os.listdir(latest)) == ['train', 'training_summary.json', 'validation']
+  assert not [p for p in psutil.Process().children(recursive=True)
+              if dt.WORKER_MODULE in p.cmdline()]  # no worker left behind
+
+
+def test_a_worker_error_fails_at_once_with_that_error(e2e_run, tmp_path):
+  """Not a lost worker: no restart, and the step's error is the worker's exception."""
+  config = e2e_run['config'].with_overrides(training={'workers': 2, 'worker_restarts': 2})
+  job = dt.job_for_local_run(str(e2e_run['run_dir']), config, str(tmp_path / 'out'))
+  missing = tmp_path / 'no-transform-output'
+  job['input_dict']['transform_graph'][0]['artifact']['uri'] = str(missing)
+  started = time.monotonic()
+  with pytest.raises(dt.DistributedTrainingError) as e:
+    dt.run_local_workers(job, 2, config.training)
+  message = str(e.value)
+  assert message.startswith(('worker 0 of 2 failed (exit code 1): ',
+                             'worker 1 of 2 failed (exit code 1): ')), message
+  assert str(missing) in message and 'restart' not in message, message
+  assert time.monotonic() - started < 180
+  assert not [p for p in psutil.Process().children(recursive=True)
+              if dt.WORKER_MODULE in p.cmdline()]  # no worker left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubeflow: the TFJob manifest (against the TFJob v1 API's fields), submission and wait.
+
+# Fields of the kubeflow.org/v1 TFJob API (training-operator pkg/apis/kubeflow.org/v1:
+# TFJob, TFJobSpec, RunPolicy, ReplicaSpec).
+TFJOB_FIELDS = {'apiVersion', 'kind', 'metadata', 'spec', 'status'}
+TFJOB_SPEC_FIELDS = {'runPolicy', 'successPolicy', 'tfReplicaSpecs', 'enableDynamicWorker'}
+RUN_POLICY_FIELDS = {'cleanPodPolicy', 'ttlSecondsAfterFinished', 'activeDeadlineSeconds',
+                     'backoffLimit', 'schedulingPolicy'}
+REPLICA_SPEC_FIELDS = {'replicas', 'template', 'restartPolicy'}
+REPLICA_TYPES = {'Chief', 'Master', 'Worker', 'PS', 'Evaluator'}
+RESTART_POLICIES = {'Always', 'OnFailure', 'Never', 'ExitCode'}
+CLEAN_POD_POLICIES = {'All', 'Running', 'None'}
+SUCCESS_POLICIES = {'', 'AllWorkers'}
+EXAMPLE_TFJOB = os.path.join(REPO, 'deploy', 'tfjob-example.yaml')
+
+
+def _tfjob_config(**kubeflow):
+  return sample_config(training={'workers': 3},
+                       kubeflow=dict({'trainer': 'tfjob', 'image': 'registry.example/mtl:1',
+                                      'worker_cpu': '4', 'worker_memory': '16Gi'}, **kubeflow))
+
+
+def _job():
+  return {'input_dict': {'examples': []}, 'output_dict': {'model': []},
+          'exec_properties': {'run_fn': 'trainer.run.run_fn'}}
+
+
+def test_tfjob_manifest_uses_only_tfjob_v1_fields():
+  from kubernetes import client as k8s  # pylint: disable=g-import-not-at-top
+  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'impressions-mtl-trainer-abc',
+                               'ml-team')
+  assert set(manifest) <= TFJOB_FIELDS
+  assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'TFJob'
+  assert manifest['metadata']['name'] == 'impressions-mtl-trainer-abc'
+  assert manifest['metadata']['namespace'] == 'ml-team'
+  spec = manifest['spec']
+  assert set(spec) <= TFJOB_SPEC_FIELDS and spec['successPolicy'] in SUCCESS_POLICIES
+  assert set(spec['runPolicy']) <= RUN_POLICY_FIELDS
+  assert spec['runPolicy']['cleanPodPolicy'] in CLEAN_POD_POLICIES
+  assert spec['runPolicy']['backoffLimit'] == 3
+  assert spec['runPolicy']['activeDeadlineSeconds'] == 86400
+  assert set(spec['tfReplicaSpecs']) <= REPLICA_TYPES
+  assert set(spec['tfReplicaSpecs']) == {'Worker'}  # worker 0 is the chief
+  for replica in spec['tfReplicaSpecs'].values():
+    assert set(replica) <= REPLICA_SPEC_FIELDS
+    assert replica['restartPolicy'] in RESTART_POLICIES
+    # The pod template is a valid Kubernetes PodTemplateSpec: every field survives a round
+    # trip through the Kubernetes client's models (unknown fields would be dropped).
+    api = k8s.ApiClient()
+
+    class Response:  # what ApiClient.deserialize reads
+      data = json.dumps(replica['template'])
+
+    assert api.sanitize_for_serialization(
+        api.deserialize(Response(), 'V1PodTemplateSpec')) == replica['template']
+
+
+def test_tfjob_runs_the_trainer_executor_with_the_configured_image_and_resources():
+  config = _tfjob_config(worker_gpus=1, service_account='trainer-sa')
+  worker = dt.tfjob_manifest(config, _job(), 'n', 'ns')['spec']['tfReplicaSpecs']['Worker']
+  assert worker['replicas'] == 3
+  # Exit codes 128-255 (killed, lost a peer: EXIT_PEER_LOST) restart the pod; others fail.
+  assert worker['restartPolicy'] == 'ExitCode' and 128 <= dt.EXIT_PEER_LOST <= 255
+  pod = worker['template']['spec']
+  assert pod['serviceAccountName'] == 'trainer-sa'
+  [container] = pod['containers']
+  assert container['name'] == 'tensorflow'  # the name the operator looks for
+  assert container['image'] == 'registry.example/mtl:1'
+  assert container['command'] == ['python', '-m', 'components.distributed_trainer']
+  args = container['args']
+  assert json.loads(args[args.index('--job') + 1]) == _job()
+  assert args[args.index('--error-file') + 1] == container['terminationMessagePath']
+  assert container['resources'] == {
+      'requests': {'cpu': '4', 'memory': '16Gi'},
+      'limits': {'cpu': '4', 'memory': '16Gi', 'nvidia.com/gpu': '1'}}
+  assert container['ports'] == [{'name': 'tfjob-port', 'containerPort': 2222}]
+  assert {'name': 'TF_USE_LEGACY_KERAS', 'value': '1'} in container['env']
+
+
+def test_tfjob_name_is_a_stable_kubernetes_name():
+  config = dataclasses.replace(
+      sample_config(), name='Impressions_MTL-with-a-very-long-name-for-a-kubernetes-object')
+  name = dt.tfjob_name(config, 'gs://bucket/root/Trainer/model/17')
+  assert name == dt.tfjob_name(config, 'gs://bucket/root/Trainer/model/17')
+  assert name != dt.tfjob_name(config, 'gs://bucket/root/Trainer/model/18')
+  assert len(name) <= 63 and re.match(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', name), name
+  assert name.startswith('impressions-mtl-with-a-very-long-name-fo-trainer-')
+
+
+def test_tfjob_settings_are_checked():
+  with pytest.raises(ConfigError, match="kubeflow.trainer: 'job' is not one of pod, tfjob"):
+    sample_config(kubeflow={'trainer': 'job'})
+  with pytest.raises(ConfigError, match='kubeflow.worker_memory: .* Kubernetes quantity'):
+    sample_config(kubeflow={'worker_memory': '8 GB'})
+  with pytest.raises(ConfigError, match='kubeflow.namespace: .* not a Kubernetes name'):
+    sample_config(kubeflow={'namespace': 'ML_Team'})
+  with pytest.raises(ConfigError, match='training.workers: 0 must be >= 1'):
+    sample_config(training={'workers': 0})
+
+
+def test_example_tfjob_is_the_manifest_of_the_sample_config():
+  """deploy/tfjob-example.yaml is what the Trainer step submits for the sample config with
+  `kubeflow.trainer: tfjob` and 2 workers (artifact URIs as on a Kubeflow run)."""
+  with open(EXAMPLE_TFJOB) as f:
+    example = yaml.safe_load(f)
+  assert example == dt.example_tfjob_manifest(), (
+      'regenerate it: python -c "from components.distributed_trainer import '
+      'write_example_tfjob as w; w(\'deploy/tfjob-example.yaml\')"')
+
+
+def _failed_tfjob():
+  return {
+      'metadata': {'name': 'job-1', 'namespace': 'ml'},
+      'status': {'conditions': [
+          {'type': 'Created', 'status': 'True'},
+          {'type': 'Running', 'status': 'False'},
+          {'type': 'Failed', 'status': 'True', 'reason': 'TFJobFailed',
+           'message': 'TFJob ml/job-1 has failed because 1 Worker replica(s) failed.'}]}}
+
+
+def _pod(index, terminated, where='state'):
+  return {'metadata': {'name': f'job-1-worker-{index}',
+                       'labels': {'training.kubeflow.org/replica-index': str(index)}},
+          'status': {'containerStatuses': [{'name': 'tensorflow', where: {
+              'terminated': terminated}}]}}
+
+
+def test_failed_tfjob_reports_each_failed_pods_error():
+  pods = [
+      _pod(1, {'exitCode': 200, 'reason': 'Error',
+               'message': 'UnavailableError: Collective ops is aborted by: task 0 ...'}),
+      _pod(0, {'exitCode': 1, 'reason': 'Error',
+               'message': 'NonFiniteLossError: Training stopped at step 7 of 400'}),
+      _pod(2, {'exitCode': 137, 'reason': 'OOMKilled'}, where='lastState'),
+  ]
+  assert dt.describe_tfjob_failure(_failed_tfjob(), pods) == '\n'.join([
+      'TFJob ml/job-1 failed: TFJob ml/job-1 has failed because 1 Worker replica(s) failed.',
+      '  pod job-1-worker-0: exit code 1: NonFiniteLossError: Training stopped at step 7 of 400',
+      '  pod job-1-worker-1: exit code 200: UnavailableError: Collective ops is aborted by: '
+      'task 0 ...',
+      '  pod job-1-worker-2: exit code 137: OOMKilled'])
+  assert dt.tfjob_state(_failed_tfjob()) == 'Failed'
+  assert dt.tfjob_state({'status': {'conditions': [{'type': 'Running', 'status': 'True'}]}}) is None
+
+
+class _KubernetesApi(http.server.BaseHTTPRequestHandler):
+  """Answers the three Kubernetes API calls the Trainer step makes, as a cluster with the
+  Training Operator would: create a TFJob, read it (Running, then the final state), list its
+  pods."""
+  final_state = 'Succeeded'
+  exists = False
+  running_reads = 1  # reads answered "Running" before the final state
+  created = []
+  reads = 0
+
+  def _send(self, status, body):
+    data = json.dumps(body).encode()
+    self.send_response(status)
+    self.send_header('Content-Type', 'application/json')
+    self.send_header('Content-Length', str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+  def do_POST(self):  # noqa: N802
+    body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+    if self.path != '/apis/kubeflow.org/v1/namespaces/ml/tfjobs':
+      return self._send(404, {'message': f'no route {self.path}'})
+    if type(self).exists:
+      return self._send(409, {'kind': 'Status', 'reason': 'AlreadyExists',
+                              'message': 'tfjobs.kubeflow.org "job-1" already exists'})
+    type(self).created.append(body)
+    return self._send(201, body)
+
+  def do_GET(self):  # noqa: N802
+    if self.path == '/apis/kubeflow.org/v1/namespaces/ml/tfjobs/job-1':
+      type(self).reads += 1
+      job = _failed_tfjob() if self.final_state == 'Failed' else {
+          'metadata': {'name': 'job-1', 'namespace': 'ml'},
+          'status': {'conditions': [{'type': 'Succeeded', 'status': 'True'}]}}
+      if type(self).reads <= type(self).running_reads:
+        job['status'] = {'conditions': [{'type': 'Running', 'status': 'True'}]}
+      return self._send(200, job)
+    if self.path.startswith('/api/v1/namespaces/ml/pods?labelSelector='
+                            'training.kubeflow.org%2Fjob-name%3Djob-1'):
+      return self._send(200, {'kind': 'PodList', 'apiVersion': 'v1', 'items': [
+          _pod(0, {'exitCode': 1, 'reason': 'Error',
+                   'message': 'NonFiniteLossError: Training stopped at step 7 of 400'})]})
+    return self._send(404, {'message': f'no route {self.path}'})
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def kubernetes_api():
+  from kubernetes import client as k8s  # pylint: disable=g-import-not-at-top
+  _KubernetesApi.created, _KubernetesApi.reads, _KubernetesApi.exists = [], 0, False
+  _KubernetesApi.running_reads = 1
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _KubernetesApi)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  configuration = k8s.Configuration()
+  configuration.host = f'http://127.0.0.1:{server.server_port}'
+  yield k8s.ApiClient(configuration)
+  server.shutdown()
+
+
+def test_tfjob_is_created_and_waited_for(kubernetes_api):
+  _KubernetesApi.final_state = 'Succeeded'
+  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  dt.submit_tfjob_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
+  assert _KubernetesApi.created == [manifest] and _KubernetesApi.reads == 2
+
+
+def test_failed_tfjob_fails_the_step_with_the_pod_errors(kubernetes_api):
+  _KubernetesApi.final_state = 'Failed'
+  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  with pytest.raises(dt.DistributedTrainingError) as e:
+    dt.submit_tfjob_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
+  assert str(e.value).splitlines() == [
+      'TFJob ml/job-1 failed: TFJob ml/job-1 has failed because 1 Worker replica(s) failed.',
+      '  pod job-1-worker-0: exit code 1: NonFiniteLossError: Training stopped at step 7 of 400']
+
+
+def test_retried_step_waits_for_the_tfjob_it_created(kubernetes_api):
+  _KubernetesApi.final_state, _KubernetesApi.exists = 'Succeeded', True
+  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  dt.submit_tfjob_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
+  assert _KubernetesApi.created == [] and _KubernetesApi.reads == 2
+
+
+def test_unfinished_tfjob_times_out(kubernetes_api):
+  _KubernetesApi.running_reads = 10**6  # stays Running
+  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  with pytest.raises(dt.DistributedTrainingError,
+                     match=r'did not finish within 0.05 s \(kubeflow.tfjob_timeout_seconds\); '
+                           r'last condition: Running'):
+    dt.submit_tfjob_and_wait(manifest, 0.05, api_client=kubernetes_api, poll_seconds=0.01)
+
+
+def test_unreachable_kubernetes_api_is_reported():
+  from kubernetes import client as k8s  # pylint: disable=g-import-not-at-top
+  configuration = k8s.Configuration()
+  configuration.host = f'http://127.0.0.1:{dt.free_ports(1)[0]}'
+  configuration.retries = False
+  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  with pytest.raises(dt.DistributedTrainingError, match=r'cannot create TFJob ml/job-1: '):
+    dt.submit_tfjob_and_wait(manifest, 60, api_client=k8s.ApiClient(configuration),
+                             poll_seconds=0.01)
