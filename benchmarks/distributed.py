@@ -37,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 _THROUGHPUT = re.compile(
-    r'worker (\d+) of (\d+): trained (\d+) steps of (\d+) examples in ([0-9.]+) s: '
+    r'(?:worker (\d+) of (\d+)|trainer): trained (\d+) steps of (\d+) examples in ([0-9.]+) s: '
     r'([0-9.]+) examples/s \(([0-9.]+) examples/s after the first step\)')
 
 
@@ -76,7 +76,8 @@ def train_once(config, run_dir: str, workers: int, out: str) -> Dict[str, Any]:
     if not found:
       raise RuntimeError('a worker logged no throughput line:\n' + '\n'.join(lines[-30:]))
     m = found[-1]
-    per_worker.append({'worker': int(m.group(1)), 'steps': int(m.group(3)),
+    # One worker trains in the launcher's own process, which logs as `trainer:`.
+    per_worker.append({'worker': int(m.group(1) or 0), 'steps': int(m.group(3)),
                        'batch': int(m.group(4)), 'fit_seconds': float(m.group(5)),
                        'examples_per_second': float(m.group(6)),
                        'examples_per_second_after_first_step': float(m.group(7))})
