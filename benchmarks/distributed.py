@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -66,6 +67,8 @@ def train_once(config, run_dir: str, workers: int, out: str) -> Dict[str, Any]:
   config = config.with_overrides(training={'workers': workers,
                                            'batch_size': global_batch // workers,
                                            'worker_restarts': 0})
+  # A fresh output directory: a backup left by an earlier, failed run there would be resumed.
+  shutil.rmtree(out, ignore_errors=True)
   job = distributed_trainer.job_for_local_run(run_dir, config, out)
   started = time.monotonic()
   result = distributed_trainer.run_local_workers(job, workers, config.training)

@@ -16,8 +16,7 @@ from `TF_CONFIG`) and decides where the workers run, from the config it already 
   - any other error (a bad config, a NaN loss, bad data): the others are stopped and the step
     fails at once with the failing worker's error (its exception, or the end of its output).
   Nothing waits forever: joining the cluster is bounded by
-  `training.worker_start_timeout_seconds`, each all-reduce by
-  `training.collective_timeout_seconds`, and a dead worker is noticed by the launcher at once
+  `training.worker_start_timeout_seconds`, and a dead worker is noticed by the launcher at once
   (and by the others through the cluster's heartbeat within about 10 s).
 - `kubeflow.trainer: tfjob`, when the step runs in a Kubernetes pod (Kubeflow Pipelines): a
   Kubeflow Training Operator TFJob of `training.workers` pods in `kubeflow.image`, each

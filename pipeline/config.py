@@ -154,9 +154,6 @@ class TrainingConfig:
   workers: int = 1
   # How long a worker waits for every other worker to be reachable before failing.
   worker_start_timeout_seconds: int = 300
-  # An all-reduce waiting longer than this for a worker fails the step (a lost worker is
-  # normally detected sooner, by the cluster's heartbeat, in about 10 s).
-  collective_timeout_seconds: int = 600
   # Local workers: how many times the group is restarted, resuming from the last backup, after
   # a worker is killed or loses a peer; any other worker error fails the Trainer at once.
   worker_restarts: int = 2
@@ -527,7 +524,7 @@ def _parse_training_field(key: str, value: Any, path: str) -> Any:
     return _number(value, path, int, minimum=1)
   if key == 'worker_restarts':
     return _number(value, path, int, minimum=0, maximum=100)
-  if key in ('worker_start_timeout_seconds', 'collective_timeout_seconds'):
+  if key == 'worker_start_timeout_seconds':
     return _number(value, path, int, minimum=1)
   raise AssertionError(key)
 

@@ -23,8 +23,9 @@ Operator), `run_fn` trains under MultiWorkerMirroredStrategy:
 - `BackupAndRestore` backs the training state up under `<model_run>/backup` after every epoch;
   a restarted worker group resumes from there (the input skipping the batches already
   trained) and logs the step it resumed at. The backup is deleted when training completes;
-- joining the cluster and every all-reduce are bounded in time (`training.
-  worker_start_timeout_seconds`, `training.collective_timeout_seconds`).
+- joining the cluster is bounded in time (`training.worker_start_timeout_seconds`); once
+  training, a worker that dies is noticed by the others through the cluster's heartbeat
+  (UnavailableError within about 10 s).
 """
 
 from __future__ import annotations
@@ -240,8 +241,13 @@ def make_strategy(cluster: Optional[TrainingCluster] = None,
   """MultiWorkerMirroredStrategy for a cluster of several workers, else the default strategy.
 
   Create it before any other TensorFlow op runs: it configures the runtime. Waits (bounded)
-  for every worker to be reachable first; each all-reduce then fails after
-  `collective_timeout_seconds` rather than waiting for a worker forever.
+  for every worker to be reachable first.
+
+  No per-collective timeout (`CommunicationOptions(timeout_seconds=...)`): in TensorFlow 2.16
+  each collective op with a timeout holds a thread for the whole timeout, so a worker reaches
+  thousands of threads within a minute of training and aborts (`std::system_error: Resource
+  temporarily unavailable`). A dead worker is detected by the coordination service's heartbeat
+  instead (UnavailableError on the others within about 10 s).
   """
   if cluster is None:
     return tf.distribute.get_strategy()
@@ -251,8 +257,7 @@ def make_strategy(cluster: Optional[TrainingCluster] = None,
   return tf.distribute.MultiWorkerMirroredStrategy(
       communication_options=tf.distribute.experimental.CommunicationOptions(
           # AUTO: ring all-reduce over gRPC on CPUs, NCCL where workers have GPUs.
-          implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
-          timeout_seconds=training.collective_timeout_seconds))
+          implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
 
 
 def make_dataset(file_pattern: List[str], data_accessor: tfx.components.DataAccessor,
