@@ -7,7 +7,10 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
 - a line that cannot be converted goes, with its file, line number and reason, to the
   `quarantine` output (JSON lines), never dropped silently;
 - exact duplicate lines in the window (byte for byte, ignoring the line ending): the one with
-  the smallest (file, line number) is ingested, every other copy is quarantined as `duplicate`;
+  the smallest (file, line number) is ingested, every other copy is quarantined as `duplicate`.
+  The files are read twice: first for a 128-bit fingerprint of each line (the lines seen more
+  than once, with the copy to keep, become a side input), then to parse line by line, so no
+  stage holds the window's lines in memory;
 - a file that breaks mid-way (truncated or corrupt gzip): the lines before the break are
   ingested, the break is quarantined as `unreadable_file`;
 - `quarantine/counts.json` counts ingested lines, rejected lines by reason, fields the config
@@ -35,10 +38,11 @@ from __future__ import annotations
 
 import collections
 import gzip
+import hashlib
 import io
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -146,52 +150,105 @@ def _open(metadata) -> _UntilError:
   return _UntilError(fileio.ReadableFile(metadata).open())  # other compressions by extension
 
 
-class _ReadLines(beam.DoFn):
-  """(file, line number, raw line) for each non-blank line of a file, plus, tagged `files`, one
-  (span, file, non-blank lines, blank lines, unreadable) summary per file.
+class _FileLines:
+  """Iterates over the (line number, raw line) of a file's non-blank lines; afterwards says
+  how many lines were blank and whether (and where) the file broke.
 
   A file that breaks mid-way (truncated or corrupt gzip, a read error): the complete lines
-  before the break are read as usual, and the break goes, tagged `quarantine`, to the
-  quarantine as `unreadable_file`, with the start of the broken line as its raw text.
+  before the break are read as usual; `error` is the break and `partial` the start of the line
+  it cut.
+  """
+
+  def __init__(self, metadata):
+    self._metadata = metadata
+    self.path = metadata.path
+    self.line_number = self.records = self.blank = 0
+    self.partial = b''
+    self.error: Optional[Exception] = None
+
+  def __iter__(self) -> Iterator[Tuple[int, bytes]]:
+    try:
+      stream = _open(self._metadata)
+      with io.BufferedReader(stream) as f:
+        for line in iter(f.readline, b''):
+          if stream.error is not None and not line.endswith(b'\n'):
+            self.partial = line  # cut by the break: the start of a line, not a whole one
+            break
+          self.line_number += 1
+          if line.strip():
+            self.records += 1
+            yield self.line_number, line
+          else:
+            self.blank += 1
+      self.error = stream.error
+    except Exception as e:  # pylint: disable=broad-except  # e.g. the file cannot be opened
+      self.error = e
+
+
+def _fingerprint(line: bytes) -> bytes:
+  """128-bit digest of a line without its line ending (lines equal byte for byte match)."""
+  return hashlib.blake2b(line.rstrip(b'\r\n'), digest_size=16).digest()
+
+
+class _FingerprintLines(beam.DoFn):
+  """First pass over a file: (fingerprint, (file, line number)) for each non-blank line, plus,
+  tagged `files`, one (span, file, non-blank lines, blank lines, unreadable) summary per file,
+  and, tagged `quarantine`, the break of a file that breaks mid-way, as `unreadable_file` with
+  the start of the broken line as its raw text.
   """
 
   def process(self, span_and_file: Tuple[int, Any]):
     span, metadata = span_and_file
-    path = metadata.path
-    line_number = records = blank = 0
-    partial = b''
-    try:
-      stream = _open(metadata)
-      with io.BufferedReader(stream) as f:
-        for line in iter(f.readline, b''):
-          if stream.error is not None and not line.endswith(b'\n'):
-            partial = line  # cut by the break: the start of a line, not a whole one
-            break
-          line_number += 1
-          if line.strip():
-            records += 1
-            yield path, line_number, line
-          else:
-            blank += 1
-      error = stream.error
-    except Exception as e:  # pylint: disable=broad-except  # e.g. the file cannot be opened
-      error = e
-    if error is not None:
+    lines = _FileLines(metadata)
+    for line_number, line in lines:
+      yield _fingerprint(line), (lines.path, line_number)
+    if lines.error is not None:
       yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(
-          partial, path, line_number + 1,
-          RecordError(UNREADABLE_FILE, f'{type(error).__name__}: {error}')))
-    yield beam.pvalue.TaggedOutput(_FILES_KEY,
-                                   (span, path, records, blank, error is not None))
+          lines.partial, lines.path, lines.line_number + 1,
+          RecordError(UNREADABLE_FILE, f'{type(lines.error).__name__}: {lines.error}')))
+    yield beam.pvalue.TaggedOutput(_FILES_KEY, (span, lines.path, lines.records, lines.blank,
+                                                lines.error is not None))
 
 
-class _ParseIdenticalLines(beam.DoFn):
-  """Converts one distinct line, given with every (file, line number) holding it.
+class _CountAndFirstCopy(beam.CombineFn):
+  """(copies, smallest (file, line number)) of one fingerprint."""
 
-  A line that converts becomes one example, from the copy with the smallest (file, line
-  number); each other copy is quarantined as `duplicate`, naming the copy kept. A line that
-  does not convert is quarantined at every copy with its own reason (a repeated bad line is
-  reported as what is wrong with it, not as a duplicate). The names of fields the config does
-  not name go, once per example, to the `unknown_fields` output.
+  def create_accumulator(self):
+    return 0, None
+
+  def add_input(self, accumulator, position):
+    count, first = accumulator
+    return count + 1, position if first is None or tuple(position) < tuple(first) else first
+
+  def merge_accumulators(self, accumulators):
+    count, first = 0, None
+    for n, position in accumulators:
+      count += n
+      if position is not None and (first is None or tuple(position) < tuple(first)):
+        first = position
+    return count, first
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+def _repeated(fingerprint_and_copies):
+  """(fingerprint, (file, line number) of the copy kept) for lines seen more than once."""
+  fingerprint, (count, first) = fingerprint_and_copies
+  if count > 1:
+    yield fingerprint, tuple(first)
+
+
+class _ParseLines(beam.DoFn):
+  """Second pass over a file: converts each line, streaming.
+
+  A line that converts becomes one example, unless it is a later copy of a repeated line (the
+  side input `repeated` names the copy kept, the smallest (file, line number)): then it is
+  quarantined as `duplicate`, naming the copy kept. A line that does not convert is
+  quarantined at every copy with its own reason (a repeated bad line is reported as what is
+  wrong with it, not as a duplicate). The names of fields the config does not name go, once
+  per example, to the `unknown_fields` output. (The first pass already reported the files'
+  breaks and counts.)
   """
 
   def __init__(self, config_json: str):
@@ -203,24 +260,25 @@ class _ParseIdenticalLines(beam.DoFn):
     self._config = PipelineConfig.from_json(self._config_json)
     self._known = known_fields(self._config)
 
-  def process(self, element: Tuple[bytes, Iterable[Tuple[str, int]]]):
-    line, positions = element
-    positions = sorted(positions)
-    try:
-      example, unknown = parse_line_with_unknown_fields(line, self._config, self._known)
-    except RecordError as e:
-      for path, line_number in positions:
-        yield beam.pvalue.TaggedOutput(QUARANTINE_KEY,
-                                       quarantine_entry(line, path, line_number, e))
-      return
-    (path, line_number), *copies = positions
-    yield example
-    for name in unknown:
-      yield beam.pvalue.TaggedOutput(_UNKNOWN_KEY, name[:_MAX_FIELD_NAME_CHARS])
-    for copy_path, copy_line in copies:
-      yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(
-          line, copy_path, copy_line,
-          RecordError(DUPLICATE, f'same line as {path} line {line_number}, which is kept')))
+  def process(self, span_and_file: Tuple[int, Any], repeated: Dict[bytes, Tuple[str, int]]):
+    lines = _FileLines(span_and_file[1])
+    for line_number, line in lines:
+      try:
+        example, unknown = parse_line_with_unknown_fields(line, self._config, self._known)
+      except RecordError as e:
+        yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(
+            line.rstrip(b'\r\n'), lines.path, line_number, e))
+        continue
+      if repeated:
+        kept = repeated.get(_fingerprint(line))
+        if kept is not None and kept != (lines.path, line_number):
+          yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(
+              line.rstrip(b'\r\n'), lines.path, line_number,
+              RecordError(DUPLICATE, f'same line as {kept[0]} line {kept[1]}, which is kept')))
+          continue
+      yield example
+      for name in unknown:
+        yield beam.pvalue.TaggedOutput(_UNKNOWN_KEY, name[:_MAX_FIELD_NAME_CHARS])
 
 
 def _file_counts(summary: Tuple[int, str, int, int, bool]):
@@ -288,22 +346,23 @@ def _LogsToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
               if len(windowed) == 1 else
               [(span, os.path.join(input_base, pattern)) for span, pattern in windowed])
   quarantine_uri = exec_properties[_QUARANTINE_URI]
-  read = (
+  files = (
       pipeline
       | 'Patterns' >> beam.Create(patterns)
       | 'MatchFiles' >> beam.FlatMap(_match)
-      | 'SpreadFiles' >> beam.Reshuffle()
-      | 'ReadLines' >> beam.ParDo(_ReadLines()).with_outputs(
-          QUARANTINE_KEY, _FILES_KEY, main='lines'))
-  # Grouping identical lines finds duplicates, parses each distinct line once, and spreads the
-  # lines (each file was read whole by one worker) before the parsing work.
-  parsed = (
-      read.lines
-      | 'KeyByLine' >> beam.Map(lambda e: (e[2].rstrip(b'\r\n'), (e[0], e[1])))
-      | 'GroupIdenticalLines' >> beam.GroupByKey()
-      | 'Parse' >> beam.ParDo(_ParseIdenticalLines(
-          exec_properties[PIPELINE_CONFIG_KEY])).with_outputs(
-              QUARANTINE_KEY, _UNKNOWN_KEY, main='examples'))
+      | 'SpreadFiles' >> beam.Reshuffle())
+  # Two passes over the files, so no stage holds the window's lines: the first finds the lines
+  # seen more than once (by a 128-bit fingerprint; only the repeated ones are kept, with the
+  # copy to ingest), the second parses line by line and quarantines the other copies.
+  read = files | 'FingerprintLines' >> beam.ParDo(_FingerprintLines()).with_outputs(
+      QUARANTINE_KEY, _FILES_KEY, main='fingerprints')
+  repeated = (read.fingerprints
+              | 'CountCopies' >> beam.CombinePerKey(_CountAndFirstCopy())
+              | 'Repeated' >> beam.FlatMap(_repeated))
+  parsed = files | 'ParseLines' >> beam.ParDo(
+      _ParseLines(exec_properties[PIPELINE_CONFIG_KEY]),
+      repeated=beam.pvalue.AsDict(repeated)).with_outputs(
+          QUARANTINE_KEY, _UNKNOWN_KEY, main='examples')
   quarantined = ((read[QUARANTINE_KEY], parsed[QUARANTINE_KEY])
                  | 'AllQuarantined' >> beam.Flatten())
   _ = (quarantined
