@@ -3,19 +3,23 @@
 (Not a test: it prints markdown tables and writes JSON; targets are read off, never asserted.)
 
 1. Stage throughput: the whole local pipeline (no cache) on generated logs of each size: wall
-   seconds and rows/second of each component, the total, and the run's peak RSS (each size runs
-   in its own process, so the peak is that run's).
+   seconds and rows/second of each component, the total, and peak RSS: the resident memory of
+   the run's process plus every process it started (Beam workers in multi_processing mode),
+   sampled every 0.25 s; its peak over the run and over each component's execution (ML
+   Metadata's start and end times). Each size runs in its own process.
 2. Scaling: total wall time and peak RSS of the largest size over the smallest.
 3. Training input efficiency: the Trainer's examples/second reading the transformed TFRecords
    (the pipeline's own input function) against the same model and batch size fed from
-   tensors already in memory (no input cost).
+   tensors already in memory (no input cost); also TFX's own reader (the DataAccessor's TFXIO
+   dataset) for comparison, and each input's examples/second alone, without training.
 4. Serving cost: latency of the exported `serving_default` (parse + transform + model) at
    batch 1 and 256, p50 and p99, against the bare Keras network on transformed tensors.
 5. Quality per second: per-task eval AUC after a fixed wall-clock training budget, at two
    batch sizes.
 
     .venv/bin/python benchmarks/performance.py --sizes 100000 1000000 \\
-        [--work /tmp/mtl-perf] [--out benchmarks/results/performance.json]
+        [--work /tmp/mtl-perf] [--out benchmarks/results/performance.json] \\
+        [--direct-workers 0]   # Beam DirectRunner multi_processing, one worker per core
 
 Parts 3-5 use the smallest size's run.
 """
@@ -30,7 +34,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -38,34 +42,73 @@ sys.path.insert(0, REPO)
 STAGES = ['LogExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'StrictExampleValidator',
           'Transform', 'Trainer', 'Evaluator', 'Pusher']
 _CHILD = '''
-import json, resource, sys, time
+import json, resource, sys, threading, time
+import psutil
 sys.path.insert(0, {repo!r})
 import pipeline
 from pipeline.config import load_config
 from pipeline.local_runner import run_local
 from pipeline.sample_logs import generate_logs
+
+samples = []  # (time, RSS of this process and every descendant, e.g. Beam worker processes)
+done = threading.Event()
+def sample_rss():
+  me = psutil.Process()
+  while not done.is_set():
+    total = 0
+    for p in [me] + me.children(recursive=True):
+      try:
+        total += p.memory_info().rss
+      except psutil.Error:
+        pass
+    samples.append((time.time(), total / 2**20))
+    done.wait(0.25)
+
 started = time.time()
 generate_logs({logs!r}, rows={rows}, days=7, seed=3)
 generated = time.time() - started
 config = load_config({config!r}, base_dir={repo!r}).with_overrides(
-    data={{'input_base': {logs!r}}}, serving={{'push_dir': {push!r}}})
+    data={{'input_base': {logs!r}}}, serving={{'push_dir': {push!r}}}, beam={beam!r})
+sampler = threading.Thread(target=sample_rss, daemon=True)
+sampler.start()
 started = time.time()
 summary = run_local(config, {run!r}, enable_cache=False)
 wall = time.time() - started
+done.set()
+sampler.join()
 print('RESULT ' + json.dumps({{'summary': summary, 'wall_seconds': wall,
-                              'generate_seconds': generated,
-                              'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                              'generate_seconds': generated, 'rss_samples': samples,
+                              'peak_rss_mb': max(m for _, m in samples),
+                              'maxrss_self_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                              'maxrss_children_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
 '''
 
 
-def run_pipeline(rows: int, work: str, config: str, reuse: bool = False) -> Dict[str, Any]:
+def _stage_peaks(run_dir: str, samples: List[List[float]]) -> Dict[str, float]:
+  """Peak sampled RSS (MB, process tree) while each component ran (ML Metadata times)."""
+  from ml_metadata.metadata_store import metadata_store  # pylint: disable=g-import-not-at-top
+  from pipeline.local_runner import metadata_config  # pylint: disable=g-import-not-at-top
+  from pipeline.run_summary import read_run  # pylint: disable=g-import-not-at-top
+  store = metadata_store.MetadataStore(metadata_config(run_dir))
+  with open(os.path.join(run_dir, 'run_summary.json')) as f:
+    name = json.load(f)['pipeline']
+  peaks = {}
+  for node, info in read_run(store, name)['nodes'].items():
+    during = [mb for t, mb in samples if info['started'] - 0.5 <= t <= info['ended'] + 0.5]
+    peaks[node] = max(during) if during else None
+  return peaks
+
+
+def run_pipeline(rows: int, work: str, config: str, reuse: bool = False,
+                 beam: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   base = os.path.join(work, f'rows{rows}')
   saved = os.path.join(base, 'result.json')
   if reuse and os.path.exists(saved):
     with open(saved) as f:
       return json.load(f)
   script = _CHILD.format(repo=REPO, logs=os.path.join(base, 'logs'), rows=rows, config=config,
-                         push=os.path.join(base, 'serving'), run=os.path.join(base, 'run'))
+                         push=os.path.join(base, 'serving'), run=os.path.join(base, 'run'),
+                         beam=beam or {})
   result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                           cwd=REPO)
   lines = [l for l in result.stdout.splitlines() if l.startswith('RESULT ')]
@@ -73,10 +116,13 @@ def run_pipeline(rows: int, work: str, config: str, reuse: bool = False) -> Dict
     raise RuntimeError(f'pipeline run with {rows} rows failed:\n{result.stderr[-4000:]}')
   data = json.loads(lines[-1][len('RESULT '):])
   components = data['summary']['components']
+  peaks = _stage_peaks(os.path.join(base, 'run'), data.pop('rss_samples'))
   data['stages'] = {name: {'seconds': components[name]['wall_seconds'],
-                           'rows_per_second': rows / max(components[name]['wall_seconds'], 1e-3)}
+                           'rows_per_second': rows / max(components[name]['wall_seconds'], 1e-3),
+                           'peak_rss_mb': peaks.get(name)}
                     for name in STAGES if name in components}
   data['rows'] = rows
+  data['beam'] = beam or {}
   data['run_dir'] = os.path.join(base, 'run')
   data['push_path'] = data['summary']['push'].get('path')
   data['metrics'] = {t: v['metrics'] for t, v in data['summary']['tasks'].items()}
@@ -105,31 +151,22 @@ def _artifacts(run_dir: str):
 def _training_setup(run_dir: str, config_path: str, batch_size: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
-  from tfx.components.trainer import fn_args_utils  # pylint: disable=g-import-not-at-top
-  from tfx.components.util import tfxio_utils  # pylint: disable=g-import-not-at-top
-  from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
   from pipeline.config import load_config  # pylint: disable=g-import-not-at-top
   from trainer import run as trainer_run  # pylint: disable=g-import-not-at-top
   from trainer.model import MultiTaskModel  # pylint: disable=g-import-not-at-top
   from trainer.models import build_network  # pylint: disable=g-import-not-at-top
 
-  examples_mlmd, transform_uri, _ = _artifacts(run_dir)
-  examples = standard_artifacts.Examples()
-  examples.set_mlmd_artifact(examples_mlmd)
+  examples, transform_uri, _ = _artifacts(run_dir)
   config = load_config(config_path, base_dir=REPO).with_overrides(
       training={'batch_size': batch_size})
   tf_transform_output = tft.TFTransformOutput(transform_uri)
-  accessor = fn_args_utils.DataAccessor(
-      tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
-      record_batch_factory=None, data_view_decode_fn=None)
 
   def files(split):
     return [os.path.join(examples.uri, f'Split-{split}', '*')]
 
-  train = trainer_run.make_dataset(files('train'), accessor, tf_transform_output, config,
-                                   batch_size)
-  evaluate = trainer_run.make_dataset(files('eval'), accessor, tf_transform_output, config,
-                                      batch_size, shuffle=False)
+  train = trainer_run.make_dataset(files('train'), tf_transform_output, config, batch_size)
+  evaluate = trainer_run.make_dataset(files('eval'), tf_transform_output, config, batch_size,
+                                      shuffle=False)
 
   def new_model():
     tf.keras.utils.set_random_seed(config.training.seed)
@@ -138,26 +175,64 @@ def _training_setup(run_dir: str, config_path: str, batch_size: int):
     model.compile(optimizer=model.group_optimizers['trunk'])
     return model
 
-  return config, train, evaluate, new_model
+  return config, train, evaluate, new_model, examples, tf_transform_output
+
+
+def _tfxio_dataset(examples_mlmd, tf_transform_output, config, batch_size: int):
+  """The Trainer's input before it read the files itself: TFX's DataAccessor factory (TFXIO
+  `TensorFlowDataset`, a parallel interleave of the files), same shuffle and batch."""
+  from tfx.components.trainer import fn_args_utils  # pylint: disable=g-import-not-at-top
+  from tfx.components.util import tfxio_utils  # pylint: disable=g-import-not-at-top
+  from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
+  from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
+  examples = standard_artifacts.Examples()
+  examples.set_mlmd_artifact(examples_mlmd)
+  accessor = fn_args_utils.DataAccessor(
+      tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
+      record_batch_factory=None, data_view_decode_fn=None)
+  dataset = accessor.tf_dataset_factory(
+      [os.path.join(examples.uri, 'Split-train', '*')],
+      tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=True,
+                                     shuffle_seed=config.training.seed, num_epochs=None),
+      tf_transform_output.transformed_metadata.schema)
+  features = [f.name for f in config.features]
+  labels = [t.label for t in config.tasks]
+  return dataset.map(lambda b: ({n: b[n] for n in features}, {n: b[n] for n in labels}))
+
+
+def _input_only(dataset, batch_size: int, batches: int = 300) -> float:
+  """Examples/second of the input pipeline alone (no training)."""
+  iterator = iter(dataset)
+  for _ in range(20):
+    next(iterator)
+  started = time.time()
+  for _ in range(batches):
+    next(iterator)
+  return batches * batch_size / (time.time() - started)
 
 
 def input_efficiency(run_dir: str, config_path: str, batch_size: int = 256,
                      steps: int = 300) -> Dict[str, Any]:
-  _, train, _, new_model = _training_setup(run_dir, config_path, batch_size)
+  config, train, _, new_model, examples, tf_transform_output = _training_setup(
+      run_dir, config_path, batch_size)
+  tfxio_train = _tfxio_dataset(examples, tf_transform_output, config, batch_size)
   in_memory = train.take(50).cache().repeat()
   for _ in in_memory.take(50):  # materialise the cache before timing
     pass
   result = {}
-  for name, dataset in (('tfrecords', train), ('in_memory', in_memory)):
+  for name, dataset in (('tfrecords', train), ('tfxio_tfrecords', tfxio_train),
+                        ('in_memory', in_memory)):
     model = new_model()
     model.fit(dataset, steps_per_epoch=20, epochs=1, verbose=0)  # build and trace
     started = time.time()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.time() - started
     result[name] = {'steps': steps, 'seconds': seconds,
-                    'examples_per_second': steps * batch_size / seconds}
-  result['ratio'] = (result['tfrecords']['examples_per_second'] /
-                     result['in_memory']['examples_per_second'])
+                    'examples_per_second': steps * batch_size / seconds,
+                    'input_only_examples_per_second': _input_only(dataset, batch_size)}
+  upper = result['in_memory']['examples_per_second']
+  result['ratio'] = result['tfrecords']['examples_per_second'] / upper
+  result['tfxio_ratio'] = result['tfxio_tfrecords']['examples_per_second'] / upper
   return result
 
 
@@ -210,7 +285,8 @@ def quality_per_second(run_dir: str, config_path: str, budget_seconds: float = 2
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   result = {}
   for batch_size in batch_sizes:
-    config, train, evaluate, new_model = _training_setup(run_dir, config_path, batch_size)
+    config, train, evaluate, new_model, _, _ = _training_setup(run_dir, config_path,
+                                                               batch_size)
     model = new_model()
     model.fit(train, steps_per_epoch=5, epochs=1, verbose=0)
     steps, started = 5, time.time()
@@ -232,14 +308,15 @@ def quality_per_second(run_dir: str, config_path: str, budget_seconds: float = 2
 
 def _print_tables(report: Dict[str, Any]) -> None:
   runs = report['runs']
-  print('\n## Stage throughput (wall seconds, rows/second)\n')
+  print('\n## Stage throughput (wall seconds, rows/second, peak RSS of the process tree)\n')
   print('| stage | ' + ' | '.join(f'{r["rows"]:,} rows' for r in runs) + ' |')
   print('| --- |' + ' --- |' * len(runs))
   for stage in STAGES:
     cells = []
     for r in runs:
       s = r['stages'].get(stage)
-      cells.append(f'{s["seconds"]:.1f} s ({s["rows_per_second"]:,.0f}/s)' if s else 'n/a')
+      rss = f', {s["peak_rss_mb"]:,.0f} MB' if s and s.get('peak_rss_mb') else ''
+      cells.append(f'{s["seconds"]:.1f} s ({s["rows_per_second"]:,.0f}/s{rss})' if s else 'n/a')
     print(f'| {stage} | ' + ' | '.join(cells) + ' |')
   print('| **total (run_local)** | ' + ' | '.join(
       f'{r["wall_seconds"]:.1f} s ({r["rows"] / r["wall_seconds"]:,.0f}/s)' for r in runs) + ' |')
@@ -251,10 +328,13 @@ def _print_tables(report: Dict[str, Any]) -> None:
   if 'input_efficiency' in report:
     e = report['input_efficiency']
     print('\n## Training input efficiency\n')
-    print('| input | examples/s |\n| --- | --- |')
-    for name in ('tfrecords', 'in_memory'):
-      print(f'| {name} | {e[name]["examples_per_second"]:,.0f} |')
-    print(f'| ratio | {e["ratio"]:.2f} |')
+    print('| input | training examples/s | input alone examples/s | of the upper bound |\n'
+          '| --- | --- | --- | --- |')
+    upper = e['in_memory']['examples_per_second']
+    for name in ('tfrecords', 'tfxio_tfrecords', 'in_memory'):
+      print(f'| {name} | {e[name]["examples_per_second"]:,.0f} | '
+            f'{e[name]["input_only_examples_per_second"]:,.0f} | '
+            f'{e[name]["examples_per_second"] / upper:.2f} |')
   if 'serving' in report:
     print('\n## Serving latency (ms)\n')
     print('| batch | serving_default p50 | p99 | bare model p50 | p99 | p50 ratio |')
@@ -283,6 +363,10 @@ def main() -> None:
   parser.add_argument('--reuse', action='store_true',
                       help='reuse pipeline runs already measured in --work')
   parser.add_argument('--skip-parts', default='', help='comma-separated: input,serving,quality')
+  parser.add_argument('--direct-workers', type=int, default=None,
+                      help='run Beam stages on the DirectRunner in multi_processing mode with '
+                           'this many worker processes (0: one per core); default: the '
+                           "config's beam section (in_memory, one worker)")
   args = parser.parse_args()
   os.makedirs(args.work, exist_ok=True)
   report: Dict[str, Any] = {'machine': {'cores': os.cpu_count(),
@@ -291,7 +375,10 @@ def main() -> None:
                             'runs': []}
   for rows in sorted(args.sizes):
     print(f'running the pipeline on {rows:,} rows ...', flush=True)
-    report['runs'].append(run_pipeline(rows, args.work, args.config, args.reuse))
+    beam = (None if args.direct_workers is None else
+            {'direct_running_mode': 'multi_processing',
+             'direct_num_workers': args.direct_workers})
+    report['runs'].append(run_pipeline(rows, args.work, args.config, args.reuse, beam))
     print(json.dumps(report['runs'][-1]['stages']), flush=True)
   if len(report['runs']) > 1:
     small, large = report['runs'][0], report['runs'][-1]

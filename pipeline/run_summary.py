@@ -66,6 +66,8 @@ def read_run(store: metadata_store.MetadataStore, pipeline_name: str) -> Dict[st
         'state': _STATE_NAMES.get(execution.last_known_state, 'UNKNOWN'),
         'seconds': round((execution.last_update_time_since_epoch -
                           execution.create_time_since_epoch) / 1000.0, 2),
+        'started': execution.create_time_since_epoch / 1000.0,  # epoch seconds
+        'ended': execution.last_update_time_since_epoch / 1000.0,
         'outputs': {k: [artifacts[i] for i in ids] for k, ids in outputs.items()},
     }
   return result
