@@ -31,6 +31,7 @@ import glob
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -212,23 +213,28 @@ def _input_only(dataset, batch_size: int, batches: int = 300) -> float:
 
 
 def input_efficiency(run_dir: str, config_path: str, batch_size: int = 256,
-                     steps: int = 300) -> Dict[str, Any]:
+                     steps: int = 300, rounds: int = 3) -> Dict[str, Any]:
+  """Training examples/second from each input, in `rounds` alternating rounds (the machine's
+  speed drifts by tens of percent within minutes); the medians are compared."""
   config, train, _, new_model, examples, tf_transform_output = _training_setup(
       run_dir, config_path, batch_size)
   tfxio_train = _tfxio_dataset(examples, tf_transform_output, config, batch_size)
   in_memory = train.take(50).cache().repeat()
   for _ in in_memory.take(50):  # materialise the cache before timing
     pass
-  result = {}
-  for name, dataset in (('tfrecords', train), ('tfxio_tfrecords', tfxio_train),
-                        ('in_memory', in_memory)):
-    model = new_model()
-    model.fit(dataset, steps_per_epoch=20, epochs=1, verbose=0)  # build and trace
-    started = time.time()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-    seconds = time.time() - started
-    result[name] = {'steps': steps, 'seconds': seconds,
-                    'examples_per_second': steps * batch_size / seconds,
+  inputs = (('tfrecords', train), ('tfxio_tfrecords', tfxio_train), ('in_memory', in_memory))
+  rates: Dict[str, List[float]] = {name: [] for name, _ in inputs}
+  for _ in range(rounds):
+    for name, dataset in inputs:
+      model = new_model()
+      model.fit(dataset, steps_per_epoch=20, epochs=1, verbose=0)  # build and trace
+      started = time.time()
+      model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+      rates[name].append(steps * batch_size / (time.time() - started))
+  result: Dict[str, Any] = {}
+  for name, dataset in inputs:
+    result[name] = {'steps': steps, 'rounds': rates[name],
+                    'examples_per_second': statistics.median(rates[name]),
                     'input_only_examples_per_second': _input_only(dataset, batch_size)}
   upper = result['in_memory']['examples_per_second']
   result['ratio'] = result['tfrecords']['examples_per_second'] / upper

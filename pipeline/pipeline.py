@@ -29,7 +29,7 @@ from components.serving_pusher import ServingPusher
 from components.strict_example_validator import StrictExampleValidator
 from pipeline.config import (METRIC_DIRECTIONS, TASK_METRICS, PipelineConfig, TaskConfig,
                              regression_tolerances)
-from trainer.export import SERVING_SIGNATURE, TRANSFORM_SIGNATURE
+from trainer.export import SERVING_SIGNATURE
 from trainer.models import output_labels
 from trainer.preprocessing import CONFIG_KEY
 
@@ -81,12 +81,21 @@ def _metric_config(name: str, task: TaskConfig) -> tfma.MetricConfig:
 
 def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   """One MetricsSpec per task output, with that task's thresholds; every output has a label
-  (TFMA requires it), including architecture extras such as ESMM's ctr/cvr/ctcvr."""
+  (TFMA requires it), including architecture extras such as ESMM's ctr/cvr/ctcvr.
+
+  Labels are read from the raw example columns, in the units the serving outputs have: no
+  `preprocessing_function_names` (running the model's `transform_features` signature as well
+  only added a second pass over the eval set and transformed features that no metric or slice
+  reads; the labels it returned were the raw ones cast to float). `model_type='tf_generic'`:
+  TFMA loads the SavedModel with `tf.saved_model.load` and calls `serving_default`, instead of
+  loading it as a Keras model three more times (to detect the type, to look for compiled
+  metrics - the Trainer compiles none - and for inference); the predictions are the same.
+  """
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=SERVING_SIGNATURE,
-          label_keys=output_labels(config),
-          preprocessing_function_names=[TRANSFORM_SIGNATURE])],
+          model_type=tfma.TF_GENERIC,
+          label_keys=output_labels(config))],
       slicing_specs=[tfma.SlicingSpec()],
       metrics_specs=[
           tfma.MetricsSpec(

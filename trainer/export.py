@@ -8,8 +8,10 @@
 - `predict_instances`: for REST clients sending raw feature values as JSON instances
   (`{"signature_name": "predict_instances", "instances": [{"item_category": "books", ...}]}`):
   one input tensor per feature, shape [batch], with the same outputs as `serving_default`.
-- `transform_features`: serialized examples with every raw column -> transformed features;
-  TFMA uses it as the model's preprocessing function.
+- `transform_features`: serialized examples with every raw column -> transformed features
+  (what the network sees: for debugging a prediction, and for benchmarks that time the network
+  alone). TFMA does not run it: it reads labels from the raw columns (see
+  `pipeline.pipeline.build_eval_config`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def serving_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTran
 
 def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
                             tf_transform_output: tft.TFTransformOutput):
-  """Returns {signature name: concrete function} for serving, REST instances and TFMA."""
+  """Returns {signature name: concrete function} for serving, REST instances and debugging."""
   # Tracked on the model so the transform graph and its assets are saved with it.
   network.tft_layer = tf_transform_output.transform_features_layer()
   feature_names = [f.name for f in config.features]
