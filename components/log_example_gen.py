@@ -210,6 +210,13 @@ class _FingerprintLines(beam.DoFn):
                                                 lines.error is not None))
 
 
+def _earlier(a: Optional[Tuple[str, int]], b: Optional[Tuple[str, int]]):
+  """The smaller of two (file, line number) positions; None is no position."""
+  if a is None or b is None:
+    return b if a is None else a
+  return min(tuple(a), tuple(b))
+
+
 class _CountAndFirstCopy(beam.CombineFn):
   """(copies, smallest (file, line number)) of one fingerprint."""
 
@@ -217,15 +224,12 @@ class _CountAndFirstCopy(beam.CombineFn):
     return 0, None
 
   def add_input(self, accumulator, position):
-    count, first = accumulator
-    return count + 1, position if first is None or tuple(position) < tuple(first) else first
+    return accumulator[0] + 1, _earlier(accumulator[1], position)
 
   def merge_accumulators(self, accumulators):
     count, first = 0, None
     for n, position in accumulators:
-      count += n
-      if position is not None and (first is None or tuple(position) < tuple(first)):
-        first = position
+      count, first = count + n, _earlier(first, position)
     return count, first
 
   def extract_output(self, accumulator):
