@@ -41,6 +41,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -52,15 +53,20 @@ import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen import write_split
 from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact as artifact_lib
+from tfx.types import artifact_utils
 from tfx.types import component_spec
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs
 from tfx.types import system_artifacts
+from tfx.utils import proto_utils
 
+from components import spill
 from components.records import (RecordError, known_fields, parse_line_with_unknown_fields,
                                 quarantine_entry)
 from pipeline.config import PipelineConfig, span_specs
@@ -72,6 +78,16 @@ QUARANTINE_KEY = 'quarantine'
 COUNTS_FILE = 'counts.json'
 RECORDS_PREFIX = 'records'
 _QUARANTINE_URI = '_quarantine_uri'
+_SPILL_URI = '_spill_uri'
+_NUM_BUCKETS = '_num_buckets'
+# Bucket files of the two window-wide groupings (components/spill.py), inside the examples
+# artifact (outside its Split-* directories), deleted when the executor ends.
+SPILL_DIR = '_spill'
+# About this much log text (uncompressed) per spill bucket: a bucket of examples is then about
+# 35 MB in memory (log lines of ~260 bytes, serialized examples of ~260).
+SPILL_BYTES_PER_BUCKET = 32 << 20
+# JSON lines shrink about 10-15x under gzip; a rough figure is enough for the bucket count.
+COMPRESSION_RATIO_ESTIMATE = 10
 _FILES_KEY = 'files'
 _UNKNOWN_KEY = 'unknown_fields'
 DUPLICATE = 'duplicate'
@@ -185,23 +201,33 @@ class _FileLines:
       self.error = e
 
 
+_FINGERPRINT_BYTES = 16
+
+
 def _fingerprint(line: bytes) -> bytes:
   """128-bit digest of a line without its line ending (lines equal byte for byte match)."""
-  return hashlib.blake2b(line.rstrip(b'\r\n'), digest_size=16).digest()
+  return hashlib.blake2b(line.rstrip(b'\r\n'), digest_size=_FINGERPRINT_BYTES).digest()
 
 
 class _FingerprintLines(beam.DoFn):
-  """First pass over a file: (fingerprint, (file, line number)) for each non-blank line, plus,
-  tagged `files`, one (span, file, non-blank lines, blank lines, unreadable) summary per file,
-  and, tagged `quarantine`, the break of a file that breaks mid-way, as `unreadable_file` with
-  the start of the broken line as its raw text.
+  """First pass over a file: for each non-blank line, (bucket, fingerprint + line number +
+  file) for `spill.GroupInBuckets` (the bucket is taken from the fingerprint, so all copies of a
+  line meet in one bucket); plus, tagged `files`, one (span, file, non-blank lines, blank lines,
+  unreadable) summary per file, and, tagged `quarantine`, the break of a file that breaks
+  mid-way, as `unreadable_file` with the start of the broken line as its raw text.
   """
+
+  def __init__(self, num_buckets: int):
+    self._num_buckets = num_buckets
 
   def process(self, span_and_file: Tuple[int, Any]):
     span, metadata = span_and_file
     lines = _FileLines(metadata)
+    path = lines.path.encode('utf-8')
     for line_number, line in lines:
-      yield _fingerprint(line), (lines.path, line_number)
+      fingerprint = _fingerprint(line)
+      yield (int.from_bytes(fingerprint[:8], 'little') % self._num_buckets,
+             fingerprint + line_number.to_bytes(8, 'little') + path)
     if lines.error is not None:
       yield beam.pvalue.TaggedOutput(QUARANTINE_KEY, quarantine_entry(
           lines.partial, lines.path, lines.line_number + 1,
@@ -210,37 +236,30 @@ class _FingerprintLines(beam.DoFn):
                                                 lines.error is not None))
 
 
-def _earlier(a: Optional[Tuple[str, int]], b: Optional[Tuple[str, int]]):
+def _earlier(a: Optional[Tuple[str, int]], b: Tuple[str, int]) -> Tuple[str, int]:
   """The smaller of two (file, line number) positions; None is no position."""
-  if a is None or b is None:
-    return b if a is None else a
-  return min(tuple(a), tuple(b))
+  return b if a is None else min(a, b)
 
 
-class _CountAndFirstCopy(beam.CombineFn):
-  """(copies, smallest (file, line number)) of one fingerprint."""
-
-  def create_accumulator(self):
-    return 0, None
-
-  def add_input(self, accumulator, position):
-    return accumulator[0] + 1, _earlier(accumulator[1], position)
-
-  def merge_accumulators(self, accumulators):
-    count, first = 0, None
-    for n, position in accumulators:
-      count, first = count + n, _earlier(first, position)
-    return count, first
-
-  def extract_output(self, accumulator):
-    return accumulator
-
-
-def _repeated(fingerprint_and_copies):
-  """(fingerprint, (file, line number) of the copy kept) for lines seen more than once."""
-  fingerprint, (count, first) = fingerprint_and_copies
-  if count > 1:
-    yield fingerprint, tuple(first)
+def _repeated(bucket_and_files: Tuple[int, Iterable[str]]):
+  """(fingerprint, (file, line number) of the copy kept) for each line of one fingerprint
+  bucket seen more than once. Two reads of the bucket: count, then find the first copies of
+  the repeated lines only, so memory holds one count per line of the bucket."""
+  files = list(bucket_and_files[1])
+  counts = collections.Counter(
+      record[:_FINGERPRINT_BYTES] for record in spill.read_bucket(files))
+  repeated = {fingerprint for fingerprint, n in counts.items() if n > 1}
+  del counts
+  if not repeated:
+    return
+  first: Dict[bytes, Tuple[str, int]] = {}
+  for record in spill.read_bucket(files):
+    fingerprint = record[:_FINGERPRINT_BYTES]
+    if fingerprint in repeated:
+      position = (record[_FINGERPRINT_BYTES + 8:].decode('utf-8'),
+                  int.from_bytes(record[_FINGERPRINT_BYTES:_FINGERPRINT_BYTES + 8], 'little'))
+      first[fingerprint] = _earlier(first.get(fingerprint), position)
+  yield from first.items()
 
 
 class _ParseLines(beam.DoFn):
@@ -314,6 +333,33 @@ def _spans_of(exec_properties: Dict[str, Any]) -> List[Tuple[int, str]]:
                          int(exec_properties.get(WINDOW_SPANS_KEY) or 1))
 
 
+def _window_file_patterns(exec_properties: Dict[str, Any],
+                          split_pattern: str) -> List[Tuple[int, str]]:
+  """[(span, absolute file pattern)] of the files this execution reads."""
+  input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+  windowed = _spans_of(exec_properties)
+  # The latest span's pattern is the one the driver resolved (it must match files); earlier
+  # days of the window may be missing.
+  if len(windowed) == 1:
+    return [(windowed[0][0], os.path.join(input_base, split_pattern))]
+  return [(span, os.path.join(input_base, pattern)) for span, pattern in windowed]
+
+
+def _estimated_input_bytes(exec_properties: Dict[str, Any]) -> int:
+  """The window's size, compressed files counted at COMPRESSION_RATIO_ESTIMATE times theirs
+  (a rough figure is enough: it only sets the number of spill buckets)."""
+  input_config = example_gen_pb2.Input()
+  proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                            input_config)
+  total = 0
+  for _, pattern in _window_file_patterns(exec_properties, input_config.splits[0].pattern):
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+      compressed = (CompressionTypes.detect_compression_type(metadata.path)
+                    != CompressionTypes.UNCOMPRESSED)
+      total += metadata.size_in_bytes * (COMPRESSION_RATIO_ESTIMATE if compressed else 1)
+  return total
+
+
 def _counts_to_json(counts: Iterable[Tuple[Tuple[str, str], int]]) -> str:
   """counts.json from ((kind, name), count) pairs; see the module docstring."""
   by_kind: Dict[str, Dict[str, int]] = collections.defaultdict(dict)
@@ -342,26 +388,22 @@ def _counts_to_json(counts: Iterable[Tuple[Tuple[str, str], int]]) -> str:
 @beam.typehints.with_output_types(tf.train.Example)
 def _LogsToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                     split_pattern: str) -> beam.pvalue.PCollection:
-  input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-  windowed = _spans_of(exec_properties)
-  # The latest span's pattern is the one the driver resolved (it must match files); earlier
-  # days of the window may be missing.
-  patterns = ([(windowed[0][0], os.path.join(input_base, split_pattern))]
-              if len(windowed) == 1 else
-              [(span, os.path.join(input_base, pattern)) for span, pattern in windowed])
   quarantine_uri = exec_properties[_QUARANTINE_URI]
   files = (
       pipeline
-      | 'Patterns' >> beam.Create(patterns)
+      | 'Patterns' >> beam.Create(_window_file_patterns(exec_properties, split_pattern))
       | 'MatchFiles' >> beam.FlatMap(_match)
       | 'SpreadFiles' >> beam.Reshuffle())
   # Two passes over the files, so no stage holds the window's lines: the first finds the lines
-  # seen more than once (by a 128-bit fingerprint; only the repeated ones are kept, with the
-  # copy to ingest), the second parses line by line and quarantines the other copies.
-  read = files | 'FingerprintLines' >> beam.ParDo(_FingerprintLines()).with_outputs(
-      QUARANTINE_KEY, _FILES_KEY, main='fingerprints')
+  # seen more than once (by a 128-bit fingerprint, grouped through bucket files; only the
+  # repeated ones are kept, with the copy to ingest), the second parses line by line and
+  # quarantines the other copies.
+  read = files | 'FingerprintLines' >> beam.ParDo(
+      _FingerprintLines(exec_properties[_NUM_BUCKETS])).with_outputs(
+          QUARANTINE_KEY, _FILES_KEY, main='fingerprints')
   repeated = (read.fingerprints
-              | 'CountCopies' >> beam.CombinePerKey(_CountAndFirstCopy())
+              | 'GroupByFingerprint' >> spill.GroupInBuckets(  # pylint: disable=no-value-for-parameter
+                  os.path.join(exec_properties[_SPILL_URI], 'fingerprints'))
               | 'Repeated' >> beam.FlatMap(_repeated))
   parsed = files | 'ParseLines' >> beam.ParDo(
       _ParseLines(exec_properties[PIPELINE_CONFIG_KEY]),
@@ -413,10 +455,20 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
+    self._log_startup(input_dict, output_dict, exec_properties)
     quarantine = output_dict[QUARANTINE_KEY][0]
-    exec_properties = dict(exec_properties, **{_QUARANTINE_URI: quarantine.uri})
-    super().Do(input_dict, {standard_component_specs.EXAMPLES_KEY:
-                            output_dict[standard_component_specs.EXAMPLES_KEY]}, exec_properties)
+    examples = output_dict[standard_component_specs.EXAMPLES_KEY]
+    spill_uri = os.path.join(artifact_utils.get_single_uri(examples), SPILL_DIR)
+    exec_properties = dict(exec_properties, **{
+        _QUARANTINE_URI: quarantine.uri,
+        _SPILL_URI: spill_uri,
+        _NUM_BUCKETS: spill.buckets_for(_estimated_input_bytes(exec_properties),
+                                        SPILL_BYTES_PER_BUCKET)})
+    try:
+      self._write_examples(examples, exec_properties)
+    finally:
+      if tf.io.gfile.exists(spill_uri):
+        tf.io.gfile.rmtree(spill_uri)
 
     counts = read_counts(quarantine.uri)
     quarantine.set_int_custom_property('num_ingested', counts['num_ingested'])
@@ -453,6 +505,40 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
           f'above data.max_rejected_fraction={config.data.max_rejected_fraction:.2%}. '
           f'Top reasons: {", ".join(f"{r} ({n})" for r, n in top)}. '
           f'Quarantined records: {_preserve(quarantine.uri)}')
+
+
+  def _write_examples(self, examples: List[types.Artifact],
+                      exec_properties: Dict[str, Any]) -> None:
+    """BaseExampleGenExecutor.Do, but each split is put in random order by `spill.Shuffle`
+    instead of TFX's WriteSplit, whose Reshuffle the local DirectRunner holds in memory whole
+    (see components/spill.py). Same files: `Split-<name>/data_tfrecord-*.gz`."""
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                              input_config)
+    output_config = example_gen_pb2.Output()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
+                              output_config)
+    artifact = artifact_utils.get_single_instance(examples)
+    artifact.split_names = artifact_utils.encode_split_names(
+        example_gen_utils.generate_output_split_names(input_config, output_config))
+    share = {split.name: split.hash_buckets for split in output_config.split_config.splits}
+    with self._make_beam_pipeline() as pipeline:
+      for name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+        # The split's share of the window's buckets.
+        num_buckets = max(1, math.ceil(
+            exec_properties[_NUM_BUCKETS] * share.get(name, 1) / sum(share.values() or [1])))
+        _ = (split
+             | f'Serialize[{name}]' >> beam.Map(lambda example: example.SerializeToString())
+             | f'Shuffle[{name}]' >> spill.Shuffle(  # pylint: disable=no-value-for-parameter
+                 os.path.join(exec_properties[_SPILL_URI], 'shuffle', name), num_buckets)
+             | f'Write[{name}]' >> beam.io.WriteToTFRecord(
+                 os.path.join(artifact_utils.get_split_uri(examples, name),
+                              write_split.DEFAULT_TF_RECORD_FILE_NAME),
+                 file_name_suffix='.gz'))
+    examples_utils.set_payload_format(
+        artifact, exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY])
+    examples_utils.set_file_format(artifact, write_split.to_file_format_str(
+        exec_properties[standard_component_specs.OUTPUT_FILE_FORMAT_KEY]))
 
 
 def _preserve(quarantine_uri: str) -> str:

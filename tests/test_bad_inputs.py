@@ -19,6 +19,7 @@ from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 from tfx.components.example_gen.utils import date_to_span_number
 
+from components import log_example_gen
 from components.log_example_gen import LogExampleGen, read_counts, read_quarantined
 from conftest import sample_config
 from pipeline.beam_args import beam_pipeline_args
@@ -81,7 +82,13 @@ def ingested(tmp_path_factory):
   shutil.copy(os.path.join(CORPUS, 'duplicates.jsonl'), logs / REPLAY_DAY)
   # Far more than 1% of this input is bad on purpose; the stop itself is tested elsewhere.
   config = sample_config(data={'input_base': str(logs), 'max_rejected_fraction': 0.5})
-  outputs = _run_ingestion(config, str(root / 'run'))
+  # Tiny spill buckets, so the duplicate search and the shuffle run over many bucket files
+  # (a log this small would otherwise fit one).
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(log_example_gen, 'SPILL_BYTES_PER_BUCKET', 2048)
+    outputs = _run_ingestion(config, str(root / 'run'))
+  examples_uri = outputs['examples'][0].uri
+  assert sorted(os.listdir(examples_uri)) == ['Split-eval', 'Split-train'], 'spill files left'
   quarantine_uri = outputs['quarantine'][0].uri
   by_file = collections.defaultdict(dict)
   quarantined = read_quarantined(quarantine_uri)
@@ -92,7 +99,7 @@ def ingested(tmp_path_factory):
   with open(root / 'run' / SUMMARY_FILE) as f:
     summary = json.load(f)
   return {'counts': read_counts(quarantine_uri), 'quarantined': quarantined, 'by_file': by_file,
-          'users': _ingested_users(outputs['examples'][0].uri), 'summary': summary,
+          'users': _ingested_users(examples_uri), 'summary': summary,
           'logs': logs, 'quarantine_uri': quarantine_uri}
 
 

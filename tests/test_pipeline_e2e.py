@@ -127,6 +127,16 @@ def test_split_by_user_keeps_each_user_in_one_split(e2e_run):
   assert not train_users & eval_users
 
 
+def test_examples_are_written_in_random_order_and_spill_files_removed(e2e_run):
+  # The log is in time order (hour rises through each day); ExampleGen's shuffle must not
+  # leave it so, or training batches would come hour by hour.
+  hours = [int(_value(e, 'hour')) for e in _split_examples(e2e_run, 'train')]
+  falls = sum(b < a for a, b in zip(hours, hours[1:]))
+  assert falls > 0.3 * len(hours), falls
+  assert sorted(os.listdir(_output_uri(e2e_run, 'LogExampleGen', 'examples'))) == [
+      'Split-eval', 'Split-train']
+
+
 def test_bad_lines_are_quarantined_and_counted(e2e_run):
   from components.log_example_gen import read_quarantined  # pylint: disable=g-import-not-at-top
   ingestion = e2e_run['summary']['ingestion']
