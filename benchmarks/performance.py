@@ -201,44 +201,108 @@ def _tfxio_dataset(examples_mlmd, tf_transform_output, config, batch_size: int):
   return dataset.map(lambda b: ({n: b[n] for n in features}, {n: b[n] for n in labels}))
 
 
-def _input_only(dataset, batch_size: int, batches: int = 300) -> float:
-  """Examples/second of the input pipeline alone (no training)."""
+def _record_shuffle_dataset(examples_mlmd, tf_transform_output, config, batch_size: int):
+  """The Trainer's input before the block shuffle: records through a 10,000-record shuffle
+  buffer, then batched and parsed per batch (same files, seed and parsing)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(examples_mlmd.uri, 'Split-train', '*')))
+  spec = tf_transform_output.transformed_feature_spec()
+  features = [f.name for f in config.features]
+  labels = [t.label for t in config.tasks]
+  spec = {n: spec[n] for n in features + labels}
+
+  def parse(serialized):
+    columns = tf.io.parse_example(serialized, spec)
+    return {n: columns[n] for n in features}, {n: columns[n] for n in labels}
+
+  seed = config.training.seed
+  return (tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+          .interleave(lambda f: tf.data.TFRecordDataset(f, compression_type='GZIP'),
+                      cycle_length=min(len(files), 4))
+          .shuffle(10000, seed=seed).repeat().batch(batch_size, drop_remainder=True)
+          .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def _input_only(dataset, batch_size: int, batches: int = 1000) -> Dict[str, float]:
+  """Examples/second and CPU microseconds per example of the input pipeline alone."""
   iterator = iter(dataset)
   for _ in range(20):
     next(iterator)
-  started = time.time()
+  started, cpu = time.perf_counter(), time.process_time()
   for _ in range(batches):
     next(iterator)
-  return batches * batch_size / (time.time() - started)
+  n = batches * batch_size
+  return {'examples_per_second': n / (time.perf_counter() - started),
+          'cpu_us_per_example': (time.process_time() - cpu) / n * 1e6}
+
+
+def _steady_training_rate(model, dataset, batch_size: int, steps: int,
+                          warmup: int = 50) -> Dict[str, float]:
+  """Examples/second (and process CPU microseconds per example) over `steps` training steps
+  after `warmup` ones, timed between the steps by a callback.
+
+  Not the time of the whole `fit` call: when a `fit` ends, deleting its input iterator waits
+  for tf.data's autotuning thread, which wakes at 1.27, 2.55, 5.11, 10.23 s... after the
+  iterator was made (a doubling period), so `fit` calls of 1 to 5 s measured whole took 2.55
+  or 5.11 s whatever their work (seen as examples/s rates stuck at 50,000, 75,000, 100,000).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class Clock(tf.keras.callbacks.Callback):
+
+    def __init__(self):
+      super().__init__()
+      self._supports_tf_logs = True  # no per-step copy of the logs to Python
+      self.started = self.ended = self.cpu_started = self.cpu_ended = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+      if batch == warmup:
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(self, batch, logs=None):
+      self.ended, self.cpu_ended = time.perf_counter(), time.process_time()
+
+  clock = Clock()
+  model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
+  n = steps * batch_size
+  return {'examples_per_second': n / (clock.ended - clock.started),
+          'cpu_us_per_example': (clock.cpu_ended - clock.cpu_started) / n * 1e6}
 
 
 def input_efficiency(run_dir: str, config_path: str, batch_size: int = 256,
-                     steps: int = 300, rounds: int = 3) -> Dict[str, Any]:
+                     steps: int = 1500, rounds: int = 3) -> Dict[str, Any]:
   """Training examples/second from each input, in `rounds` alternating rounds (the machine's
   speed drifts by tens of percent within minutes); the medians are compared."""
   config, train, _, new_model, examples, tf_transform_output = _training_setup(
       run_dir, config_path, batch_size)
   tfxio_train = _tfxio_dataset(examples, tf_transform_output, config, batch_size)
+  record_shuffle = _record_shuffle_dataset(examples, tf_transform_output, config, batch_size)
   in_memory = train.take(50).cache().repeat()
   for _ in in_memory.take(50):  # materialise the cache before timing
     pass
-  inputs = (('tfrecords', train), ('tfxio_tfrecords', tfxio_train), ('in_memory', in_memory))
-  rates: Dict[str, List[float]] = {name: [] for name, _ in inputs}
+  inputs = (('tfrecords', train), ('record_shuffle_tfrecords', record_shuffle),
+            ('tfxio_tfrecords', tfxio_train), ('in_memory', in_memory))
+  rates: Dict[str, List[Dict[str, float]]] = {name: [] for name, _ in inputs}
   for _ in range(rounds):
     for name, dataset in inputs:
-      model = new_model()
-      model.fit(dataset, steps_per_epoch=20, epochs=1, verbose=0)  # build and trace
-      started = time.time()
-      model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-      rates[name].append(steps * batch_size / (time.time() - started))
+      rates[name].append(_steady_training_rate(new_model(), dataset, batch_size, steps))
   result: Dict[str, Any] = {}
   for name, dataset in inputs:
-    result[name] = {'steps': steps, 'rounds': rates[name],
-                    'examples_per_second': statistics.median(rates[name]),
-                    'input_only_examples_per_second': _input_only(dataset, batch_size)}
+    result[name] = {
+        'steps': steps,
+        'rounds': [r['examples_per_second'] for r in rates[name]],
+        'examples_per_second': statistics.median(r['examples_per_second'] for r in rates[name]),
+        'cpu_us_per_example': statistics.median(r['cpu_us_per_example'] for r in rates[name]),
+        'input_only': _input_only(dataset, batch_size)}
   upper = result['in_memory']['examples_per_second']
-  result['ratio'] = result['tfrecords']['examples_per_second'] / upper
-  result['tfxio_ratio'] = result['tfxio_tfrecords']['examples_per_second'] / upper
+  for name, _ in inputs:
+    result[name]['share_of_upper_bound'] = result[name]['examples_per_second'] / upper
+  result['ratio'] = result['tfrecords']['share_of_upper_bound']
+  result['tfxio_ratio'] = result['tfxio_tfrecords']['share_of_upper_bound']
+  # The same ratio within each round (the rounds alternate, so each is one machine state).
+  result['ratio_by_round'] = [t['examples_per_second'] / m['examples_per_second']
+                              for t, m in zip(rates['tfrecords'], rates['in_memory'])]
   return result
 
 
@@ -288,17 +352,34 @@ def serving_cost(push_path: str, logs_dir: str, config_path: str,
 
 def quality_per_second(run_dir: str, config_path: str, budget_seconds: float = 20.0,
                        batch_sizes=(256, 1024)) -> Dict[str, Any]:
+  """Per-task eval AUC after `budget_seconds` of training (after 5 steps that trace the step),
+  at each batch size. One `fit` that a callback stops when the budget is spent: a new `fit`
+  per chunk of steps would restart the input at the start of the file each time."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class Budget(tf.keras.callbacks.Callback):
+
+    def __init__(self, warmup: int):
+      super().__init__()
+      self._supports_tf_logs = True
+      self._warmup = warmup
+      self.steps = 0
+      self.started = None
+
+    def on_train_batch_end(self, batch, logs=None):
+      self.steps = batch + 1
+      if self.steps == self._warmup:
+        self.started = time.perf_counter()
+      elif self.started is not None and time.perf_counter() - self.started >= budget_seconds:
+        self.model.stop_training = True
+
   result = {}
   for batch_size in batch_sizes:
     config, train, evaluate, new_model, _, _ = _training_setup(run_dir, config_path,
                                                                batch_size)
     model = new_model()
-    model.fit(train, steps_per_epoch=5, epochs=1, verbose=0)
-    steps, started = 5, time.time()
-    while time.time() - started < budget_seconds:
-      model.fit(train, steps_per_epoch=20, epochs=1, verbose=0)
-      steps += 20
+    budget = Budget(warmup=5)
+    model.fit(train, steps_per_epoch=10**7, epochs=1, verbose=0, callbacks=[budget])
     aucs = {t.name: tf.keras.metrics.AUC() for t in config.tasks if t.type == 'binary'}
     for features, labels in evaluate.take(max(1, 20000 // batch_size)):
       outputs = model.network(features, training=False)
@@ -306,8 +387,8 @@ def quality_per_second(run_dir: str, config_path: str, budget_seconds: float = 2
         if task.name in aucs:
           aucs[task.name].update_state(labels[task.label], outputs[task.name])
     result[f'batch_{batch_size}'] = {
-        'budget_seconds': budget_seconds, 'steps': steps,
-        'examples_seen': steps * batch_size,
+        'budget_seconds': budget_seconds, 'steps': budget.steps,
+        'examples_seen': budget.steps * batch_size,
         'auc': {name: float(m.result()) for name, m in aucs.items()}}
   return result
 
@@ -333,14 +414,17 @@ def _print_tables(report: Dict[str, Any]) -> None:
           f'peak RSS x{s["rss_ratio"]:.2f}')
   if 'input_efficiency' in report:
     e = report['input_efficiency']
-    print('\n## Training input efficiency\n')
-    print('| input | training examples/s | input alone examples/s | of the upper bound |\n'
-          '| --- | --- | --- | --- |')
-    upper = e['in_memory']['examples_per_second']
-    for name in ('tfrecords', 'tfxio_tfrecords', 'in_memory'):
-      print(f'| {name} | {e[name]["examples_per_second"]:,.0f} | '
-            f'{e[name]["input_only_examples_per_second"]:,.0f} | '
-            f'{e[name]["examples_per_second"] / upper:.2f} |')
+    print('\n## Training input efficiency (medians of the rounds)\n')
+    print('| input | training examples/s | CPU us/example | input alone examples/s | '
+          'input alone CPU us/example | of the upper bound |\n'
+          '| --- | --- | --- | --- | --- | --- |')
+    for name in ('tfrecords', 'record_shuffle_tfrecords', 'tfxio_tfrecords', 'in_memory'):
+      r = e[name]
+      print(f'| {name} | {r["examples_per_second"]:,.0f} | {r["cpu_us_per_example"]:.2f} | '
+            f'{r["input_only"]["examples_per_second"]:,.0f} | '
+            f'{r["input_only"]["cpu_us_per_example"]:.2f} | {r["share_of_upper_bound"]:.2f} |')
+    print('\nShare of the upper bound within each round: ' +
+          ', '.join(f'{x:.2f}' for x in e['ratio_by_round']))
   if 'serving' in report:
     print('\n## Serving latency (ms)\n')
     print('| batch | serving_default p50 | p99 | bare model p50 | p99 | p50 ratio |')

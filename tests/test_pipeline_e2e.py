@@ -8,36 +8,18 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.records import record_to_example
-from conftest import BAD_LINES
+from conftest import BAD_LINES, mlmd_store, output_uri
 
 EXPECTED_NODES = ['LogExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'StrictExampleValidator',
                   'Transform', 'Trainer', 'Evaluator', 'Pusher']
 
 
-def _store(run_dir):
-  config = metadata_store_pb2.ConnectionConfig()
-  config.sqlite.filename_uri = str(run_dir / 'metadata.sqlite')
-  return metadata_store.MetadataStore(config)
-
-
-def _output_uri(e2e_run, node, key):
-  """URI of a node's output artifact, found through ML Metadata's events."""
-  store = _store(e2e_run['run_dir'])
-  context = store.get_context_by_type_and_name('node', f'{e2e_run["config"].name}.{node}')
-  [execution] = store.get_executions_by_context(context.id)
-  ids = [e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
-         if e.type == metadata_store_pb2.Event.OUTPUT and e.path.steps[0].key == key]
-  [artifact] = store.get_artifacts_by_id(ids)
-  return artifact.uri
-
-
 def _split_examples(e2e_run, split):
   """Raw tf.Examples of one ExampleGen split, read from the artifact files."""
-  uri = _output_uri(e2e_run, 'LogExampleGen', 'examples')
+  uri = output_uri(e2e_run, 'LogExampleGen', 'examples')
   files = sorted(glob.glob(os.path.join(uri, f'Split-{split}', '*.gz')))
   assert files, uri
   return [tf.train.Example.FromString(r.numpy())
@@ -51,7 +33,7 @@ def _value(example, name):
 
 
 def test_every_component_ran_according_to_ml_metadata(e2e_run):
-  store = _store(e2e_run['run_dir'])
+  store = mlmd_store(e2e_run['run_dir'])
   pipeline_name = e2e_run['config'].name
   for node in EXPECTED_NODES:
     context = store.get_context_by_type_and_name('node', f'{pipeline_name}.{node}')
@@ -133,7 +115,7 @@ def test_examples_are_written_in_random_order_and_spill_files_removed(e2e_run):
   hours = [int(_value(e, 'hour')) for e in _split_examples(e2e_run, 'train')]
   falls = sum(b < a for a, b in zip(hours, hours[1:]))
   assert falls > 0.3 * len(hours), falls
-  assert sorted(os.listdir(_output_uri(e2e_run, 'LogExampleGen', 'examples'))) == [
+  assert sorted(os.listdir(output_uri(e2e_run, 'LogExampleGen', 'examples'))) == [
       'Split-eval', 'Split-train']
 
 

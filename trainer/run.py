@@ -259,8 +259,12 @@ def make_strategy(cluster: Optional[TrainingCluster] = None,
           implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
 
 
-# Records the shuffle buffer holds (as in TFXIO's reader: enough to mix a day's users).
-SHUFFLE_BUFFER = 10000
+# The training shuffle works on blocks of records, not on single records: each block is parsed
+# at once, then put in a random order; the blocks themselves go through a shuffle buffer. With
+# ~100-byte records, per-record work in tf.data (a shuffle buffer's hand-off of each record,
+# parsing per batch) cost more than the record itself: docs/performance.md.
+SHUFFLE_BLOCK = 8192   # records per block (at least the global batch)
+SHUFFLE_BLOCKS = 8     # blocks in the block-order shuffle buffer (64k records with 8192)
 
 
 def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,
@@ -268,21 +272,28 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
                  shuffle: bool = True) -> tf.data.Dataset:
   """(features, labels) batches of transformed examples, repeated indefinitely.
 
-  The pipeline reads the TFRecord files in sequence (several files interleaved in one thread),
-  shuffles records, batches, then parses each batch with `tf.io.parse_example` (only the
-  features and labels the model uses) in parallel, and prefetches. It does not use TFXIO's
-  `TensorFlowDataset` (`DataAccessor.tf_dataset_factory`): that one reads through a parallel
-  interleave, which hands every record between threads; with records of ~100 bytes the
-  hand-off costs more than the reading (input alone measured 22,000 examples/s against
-  200,000 here, docs/performance.md).
+  Training input (`shuffle=True`): the TFRecord files in a seeded random order, read in
+  sequence (several files interleaved in one thread), repeated; cut into blocks of
+  SHUFFLE_BLOCK records; the blocks through a seeded shuffle buffer of SHUFFLE_BLOCKS; each
+  block parsed with one `tf.io.parse_example` (only the features and labels the model uses,
+  blocks in parallel) and its records put in a random order (a stateless permutation keyed by
+  the block's position, so every epoch mixes differently); then re-cut into batches and
+  prefetched. A record can move anywhere within its block, and its block several blocks:
+  mixing on the scale of the 10,000-record shuffle buffer this replaced, at about half the
+  input cost per example. (ExampleGen already writes each split in random order.)
+  Evaluation input (`shuffle=False`): the files in order, batched and parsed per batch.
+
+  Neither uses TFXIO's `TensorFlowDataset` (`DataAccessor.tf_dataset_factory`): that one reads
+  through a parallel interleave, which hands every record between threads; with records of
+  ~100 bytes the hand-off costs more than the reading (docs/performance.md).
 
   `batch_size` is the global batch. Under MultiWorkerMirroredStrategy Keras distributes the
   dataset with auto-shard policy DATA: every worker reads all the examples, in the same seeded
-  order, and keeps its own slice of each global batch. FILE (one file per worker) would read
-  less, but Transform writes each split as a few gzip TFRecord files (one for a small log), so
-  with FILE a worker could get no file or most of the data; DATA gives every worker an equal
-  share whatever the file count, and each step's global batch is the one a single worker would
-  train on.
+  order (every step above is deterministic), and keeps its own slice of each global batch.
+  FILE (one file per worker) would read less, but Transform writes each split as a few gzip
+  TFRecord files (one for a small log), so with FILE a worker could get no file or most of the
+  data; DATA gives every worker an equal share whatever the file count, and each step's global
+  batch is the one a single worker would train on.
   """
   files = sorted({f for pattern in file_pattern for f in tf.io.gfile.glob(pattern)})
   if not files:
@@ -300,22 +311,35 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
     raise ValueError(f'the transformed examples have no column {", ".join(missing)}')
   spec = {name: transformed[name] for name in feature_names + label_names}
 
-  def parse(serialized):
-    batch = tf.io.parse_example(serialized, spec)
-    return ({n: batch[n] for n in feature_names}, {n: batch[n] for n in label_names})
+  def features_and_labels(columns):
+    return ({n: columns[n] for n in feature_names}, {n: columns[n] for n in label_names})
 
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:
     dataset = dataset.shuffle(len(files), seed=seed)
   dataset = dataset.interleave(
       lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-      cycle_length=min(len(files), 4), num_parallel_calls=None)
+      cycle_length=min(len(files), 4), num_parallel_calls=None).repeat()
   if shuffle:
-    dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed)
-  dataset = (dataset.repeat()
-             .batch(batch_size, drop_remainder=True)
-             .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-             .prefetch(tf.data.AUTOTUNE))
+    block = max(SHUFFLE_BLOCK, batch_size)
+
+    def parse_and_permute(position, serialized):
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(block), seed=tf.stack([tf.constant(seed, tf.int64), position]))
+      columns = tf.io.parse_example(serialized, spec)
+      return {name: tf.gather(values, order) for name, values in columns.items()}
+
+    dataset = (dataset.batch(block, drop_remainder=True)
+               .shuffle(SHUFFLE_BLOCKS, seed=seed)
+               .enumerate()
+               .map(parse_and_permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .rebatch(batch_size, drop_remainder=True)
+               .map(features_and_labels))
+  else:
+    dataset = (dataset.batch(batch_size, drop_remainder=True)
+               .map(lambda serialized: features_and_labels(tf.io.parse_example(serialized, spec)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+  dataset = dataset.prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   return dataset.with_options(options)

@@ -1,0 +1,111 @@
+"""The Trainer's input (`trainer.run.make_dataset`): block shuffle, determinism, coverage.
+
+Records are written in the transformed format of the shared run (its real tf.Transform output
+gives the feature spec), each carrying its index in `position`, so the batches can be traced
+back to the records.
+"""
+
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from conftest import output_uri
+from trainer import run
+
+NUM_RECORDS = 2048
+BLOCK = 256
+BATCH = 64
+
+
+@pytest.fixture(scope='module')
+def records(e2e_run, tmp_path_factory):
+  """(config, TFTransformOutput, [gzip file patterns]) of NUM_RECORDS indexed records in 2 files."""
+  config = e2e_run['config']
+  transform_output = tft.TFTransformOutput(output_uri(e2e_run, 'Transform', 'transform_graph'))
+  spec = transform_output.transformed_feature_spec()
+  directory = tmp_path_factory.mktemp('transformed')
+  for part, indices in enumerate(np.array_split(np.arange(NUM_RECORDS), 2)):
+    path = os.path.join(directory, f'part-{part}.gz')
+    with tf.io.TFRecordWriter(path, options='GZIP') as writer:
+      for i in indices:
+        example = tf.train.Example()
+        for name, feature in spec.items():
+          value = example.features.feature[name]
+          if feature.dtype == tf.int64:
+            value.int64_list.value.append(int(i) % 3)
+          else:
+            value.float_list.value.append(float(i) if name == 'position' else 0.5)
+        writer.write(example.SerializeToString())
+  return config, transform_output, [os.path.join(directory, '*.gz')]
+
+
+def _indices(dataset, batches):
+  """The `position` (record index) of each row of the first `batches` batches, batch by batch."""
+  return [features['position'].numpy().astype(int).tolist()
+          for features, _ in dataset.take(batches)]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+  monkeypatch.setattr(run, 'SHUFFLE_BLOCK', BLOCK)
+
+
+def test_training_input_is_deterministic_and_loses_no_record(records, small_blocks):
+  config, transform_output, pattern = records
+  epochs = 4
+  batches = epochs * NUM_RECORDS // BATCH
+  first = _indices(run.make_dataset(pattern, transform_output, config, BATCH), batches)
+  again = _indices(run.make_dataset(pattern, transform_output, config, BATCH), batches)
+  # Every worker under MultiWorkerMirroredStrategy (auto-shard DATA) must see the same batches.
+  assert first == again
+  assert all(len(batch) == BATCH for batch in first)
+  features, labels = next(iter(run.make_dataset(pattern, transform_output, config, BATCH)))
+  assert set(features) == {f.name for f in config.features}
+  assert set(labels) == {t.label for t in config.tasks}
+  counts = collections.Counter(i for batch in first for i in batch)
+  assert set(counts) == set(range(NUM_RECORDS))
+  # Blocks are shuffled through a buffer of run.SHUFFLE_BLOCKS, so one block may come an epoch
+  # early or late, never more.
+  assert set(counts.values()) <= {epochs - 1, epochs, epochs + 1}, collections.Counter(
+      counts.values())
+
+
+def test_training_input_mixes_records_and_differs_by_epoch(records, small_blocks):
+  config, transform_output, pattern = records
+  rows = [i for batch in _indices(run.make_dataset(pattern, transform_output, config, BATCH),
+                                  2 * NUM_RECORDS // BATCH) for i in batch]
+  # Records that were neighbours in the files are rarely neighbours in the batches.
+  neighbours = sum(abs(a - b) == 1 for a, b in zip(rows, rows[1:]))
+  assert neighbours < 0.02 * len(rows), neighbours
+  # A block's records come out spread over the whole block, not in file order.
+  first_batch = rows[:BATCH]
+  assert max(first_batch) - min(first_batch) > BLOCK // 2
+  assert first_batch != sorted(first_batch)
+  # The same records meet again in the second epoch in another order.
+  first_epoch, second_epoch = rows[:NUM_RECORDS], rows[NUM_RECORDS:]
+  positions = {i: p for p, i in enumerate(second_epoch)}
+  same_next = sum(positions.get(b) == positions.get(a, -2) + 1
+                  for a, b in zip(first_epoch, first_epoch[1:]))
+  assert same_next < 0.02 * NUM_RECORDS, same_next
+
+
+def test_evaluation_input_reads_each_file_in_order(records):
+  config, transform_output, pattern = records
+  rows = [i for batch in _indices(
+      run.make_dataset(pattern, transform_output, config, BATCH, shuffle=False),
+      NUM_RECORDS // BATCH) for i in batch]
+  assert sorted(rows) == list(range(NUM_RECORDS))
+  # The two files are interleaved record by record; each is read in its own order.
+  for part in (range(NUM_RECORDS // 2), range(NUM_RECORDS // 2, NUM_RECORDS)):
+    assert [i for i in rows if i in part] == list(part)
+
+
+def test_a_global_batch_larger_than_a_block_is_served_whole(records, small_blocks):
+  config, transform_output, pattern = records
+  batches = _indices(run.make_dataset(pattern, transform_output, config, 2 * BLOCK), 4)
+  assert [len(batch) for batch in batches] == [2 * BLOCK] * 4
+  assert len(set(i for batch in batches for i in batch)) > BLOCK
