@@ -47,6 +47,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 import tensorflow as tf
@@ -88,6 +89,10 @@ SPILL_DIR = '_spill'
 SPILL_BYTES_PER_BUCKET = 32 << 20
 # JSON lines shrink about 10-15x under gzip; a rough figure is enough for the bucket count.
 COMPRESSION_RATIO_ESTIMATE = 10
+# Each split is written as gzip TFRecord shards of at most about this many bytes of serialized
+# examples. Beam's reader (StatisticsGen, Transform, Evaluator) decompresses 16 MB of a gzip
+# file at a time: a split in one file of 25 MB (1M rows) became ~270 MB in memory at once.
+EXAMPLES_BYTES_PER_SHARD = 32 << 20
 _FILES_KEY = 'files'
 _UNKNOWN_KEY = 'unknown_fields'
 DUPLICATE = 'duplicate'
@@ -415,12 +420,22 @@ def _LogsToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
        | 'QuarantineToJson' >> beam.Map(json.dumps, sort_keys=True)
        | 'WriteQuarantine' >> beam.io.WriteToText(
            os.path.join(quarantine_uri, RECORDS_PREFIX), file_name_suffix='.jsonl.gz'))
-  _ = ((parsed.examples | 'IngestedKey' >> beam.Map(lambda _: (('ingested', ''), 1)),
-        quarantined | 'ReasonKey' >> beam.Map(lambda q: (('reason', q['reason']), 1)),
-        parsed[_UNKNOWN_KEY] | 'UnknownFieldKey' >> beam.Map(
-            lambda name: (('unknown_field', name), 1)),
-        read[_FILES_KEY] | 'FileKeys' >> beam.FlatMap(_file_counts))
-       | 'AllKeys' >> beam.Flatten()
+  # Each branch is summed where it is produced (a lifted combine: its partial sums are made in
+  # the producing stage), and only the per-key sums are flattened: a Flatten of the per-record
+  # keys themselves would be held whole in memory by the local DirectRunner between stages.
+  sums = []
+  for label, branch, key_fn in (
+      ('Ingested', parsed.examples, lambda _: (('ingested', ''), 1)),
+      ('Reasons', quarantined, lambda q: (('reason', q['reason']), 1)),
+      ('UnknownFields', parsed[_UNKNOWN_KEY], lambda name: (('unknown_field', name), 1))):
+    sums.append(branch
+                | f'{label}Key' >> beam.Map(key_fn)
+                | f'{label}Sum' >> beam.CombinePerKey(sum))
+  sums.append(read[_FILES_KEY]
+              | 'FileKeys' >> beam.FlatMap(_file_counts)
+              | 'FilesSum' >> beam.CombinePerKey(sum))
+  _ = (sums
+       | 'AllSums' >> beam.Flatten()
        | 'SumByKey' >> beam.CombinePerKey(sum)
        | 'CountsToList' >> beam.combiners.ToList()
        | 'CountsToJson' >> beam.Map(_counts_to_json)
@@ -531,14 +546,24 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
              | f'Serialize[{name}]' >> beam.Map(lambda example: example.SerializeToString())
              | f'Shuffle[{name}]' >> spill.Shuffle(  # pylint: disable=no-value-for-parameter
                  os.path.join(exec_properties[_SPILL_URI], 'shuffle', name), num_buckets)
-             | f'Write[{name}]' >> beam.io.WriteToTFRecord(
+             | f'Write[{name}]' >> beam.io.Write(_examples_sink(
                  os.path.join(artifact_utils.get_split_uri(examples, name),
-                              write_split.DEFAULT_TF_RECORD_FILE_NAME),
-                 file_name_suffix='.gz'))
+                              write_split.DEFAULT_TF_RECORD_FILE_NAME))))
     examples_utils.set_payload_format(
         artifact, exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY])
     examples_utils.set_file_format(artifact, write_split.to_file_format_str(
         exec_properties[standard_component_specs.OUTPUT_FILE_FORMAT_KEY]))
+
+
+def _examples_sink(file_path_prefix: str) -> tfrecordio._TFRecordSink:  # pylint: disable=protected-access
+  """WriteToTFRecord's sink (gzip, `<prefix>-<shard>-of-<shards>.gz`), starting a new shard
+  after EXAMPLES_BYTES_PER_SHARD bytes (uncompressed; a FileBasedSink option that
+  WriteToTFRecord does not expose). Shards are cut as records are written: no grouping."""
+  sink = tfrecordio._TFRecordSink(  # pylint: disable=protected-access
+      file_path_prefix, coder=beam.coders.BytesCoder(), file_name_suffix='.gz', num_shards=0,
+      shard_name_template=None, compression_type=CompressionTypes.AUTO)
+  sink.max_bytes_per_shard = EXAMPLES_BYTES_PER_SHARD
+  return sink
 
 
 def _preserve(quarantine_uri: str) -> str:

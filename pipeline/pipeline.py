@@ -155,11 +155,15 @@ def create_pipeline(
       skew_thresholds={f.name: f.max_skew for f in config.features if f.max_skew},
       accept_anomalies=list(config.data.accept_anomalies),
       statistics_history_dir=statistics_history_dir(config, pipeline_root))
+  # Transform computes no statistics of its own: the raw ones would repeat StatisticsGen's, and
+  # in TFX 1.16 the transformed ones wait on a side input after a Flatten of the splits, which
+  # the local DirectRunner holds whole in memory (docs/performance.md).
   transform = tfx.components.Transform(
       examples=example_gen.outputs['examples'],
       schema=schema_gen.outputs['schema'],
       preprocessing_fn=PREPROCESSING_FN,
-      custom_config={CONFIG_KEY: data_config_json})
+      custom_config={CONFIG_KEY: data_config_json},
+      disable_statistics=True)
   # Transform does not read the anomalies, but must not start on data that failed validation.
   transform.add_upstream_node(example_validator)
   # TFX's Trainer, on `training.workers` local processes or a Kubeflow TFJob when configured

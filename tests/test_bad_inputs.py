@@ -8,6 +8,7 @@ runs of their own.
 """
 
 import collections
+import glob
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ LATEST = 'day=2026-11-04'       # every corpus file
 EMPTY_DAY = 'day=2026-11-03'    # only the empty partition's file
 REPLAY_DAY = 'day=2026-11-02'   # generated logs, plus a second copy of duplicates.jsonl
 GOOD_ROWS = 300                 # generated on 2026-11-01 and 2026-11-02
+SHARD_BYTES = 8192              # examples' bytes per output shard in this test
 
 
 def _corpus_lines(name):
@@ -82,10 +84,11 @@ def ingested(tmp_path_factory):
   shutil.copy(os.path.join(CORPUS, 'duplicates.jsonl'), logs / REPLAY_DAY)
   # Far more than 1% of this input is bad on purpose; the stop itself is tested elsewhere.
   config = sample_config(data={'input_base': str(logs), 'max_rejected_fraction': 0.5})
-  # Tiny spill buckets, so the duplicate search and the shuffle run over many bucket files
-  # (a log this small would otherwise fit one).
+  # Tiny spill buckets and shards, so the duplicate search and the shuffle run over many bucket
+  # files and each split is written as many shards (a log this small would otherwise fit one).
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(log_example_gen, 'SPILL_BYTES_PER_BUCKET', 2048)
+    patch.setattr(log_example_gen, 'EXAMPLES_BYTES_PER_SHARD', SHARD_BYTES)
     outputs = _run_ingestion(config, str(root / 'run'))
   examples_uri = outputs['examples'][0].uri
   assert sorted(os.listdir(examples_uri)) == ['Split-eval', 'Split-train'], 'spill files left'
@@ -100,7 +103,19 @@ def ingested(tmp_path_factory):
     summary = json.load(f)
   return {'counts': read_counts(quarantine_uri), 'quarantined': quarantined, 'by_file': by_file,
           'users': _ingested_users(examples_uri), 'summary': summary,
-          'logs': logs, 'quarantine_uri': quarantine_uri}
+          'logs': logs, 'quarantine_uri': quarantine_uri, 'examples_uri': examples_uri}
+
+
+def test_splits_are_written_in_shards_of_bounded_size(ingested):
+  uri = ingested['examples_uri']
+  for split in ('train', 'eval'):
+    shards = sorted(glob.glob(os.path.join(uri, f'Split-{split}', '*.gz')))
+    assert len(shards) > 1, shards
+    for shard in shards:
+      records = [len(r.numpy()) for r in tf.data.TFRecordDataset(shard, compression_type='GZIP')]
+      # A shard closes once it holds SHARD_BYTES (records plus TFRecord framing).
+      assert records and sum(n + 16 for n in records[:-1]) < SHARD_BYTES, shard
+  assert sum(ingested['users'].values()) == ingested['counts']['num_ingested']
 
 
 def _check_case(ingested, name, expected_reasons):
