@@ -31,6 +31,7 @@ import glob
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -107,6 +108,10 @@ def run_pipeline(rows: int, work: str, config: str, reuse: bool = False,
   if reuse and os.path.exists(saved):
     with open(saved) as f:
       return json.load(f)
+  # A fresh run: no cache, and no model served from an earlier run (the Evaluator would also
+  # evaluate it as the baseline, and the blessing would depend on it).
+  for previous in ('run', 'serving'):
+    shutil.rmtree(os.path.join(base, previous), ignore_errors=True)
   script = _CHILD.format(repo=REPO, logs=os.path.join(base, 'logs'), rows=rows, config=config,
                          push=os.path.join(base, 'serving'), run=os.path.join(base, 'run'),
                          beam=beam or {})
