@@ -8,9 +8,14 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
   `quarantine` output (JSON lines), never dropped silently;
 - exact duplicate lines in the window (byte for byte, ignoring the line ending): the one with
   the smallest (file, line number) is ingested, every other copy is quarantined as `duplicate`.
-  The files are read twice: first for a 128-bit fingerprint of each line (the lines seen more
-  than once, with the copy to keep, become a side input), then to parse line by line, so no
-  stage holds the window's lines in memory;
+  The files are read twice: first for a 128-bit fingerprint of each line (grouped through
+  bucket files, `components/spill.py`; the lines seen more than once, with the copy to keep,
+  become a side input), then to parse line by line, so no stage holds the window's lines in
+  memory;
+- each split is written in a random order (a shuffle through bucket files, `spill.Shuffle`,
+  in place of TFX's WriteSplit, whose Reshuffle the local DirectRunner holds whole in memory),
+  as gzip TFRecord shards of at most about EXAMPLES_BYTES_PER_SHARD bytes of examples
+  (`Split-<name>/data_tfrecord-<shard>-of-<shards>.gz`, as TFX's ExampleGen names them);
 - a file that breaks mid-way (truncated or corrupt gzip): the lines before the break are
   ingested, the break is quarantined as `unreadable_file`;
 - `quarantine/counts.json` counts ingested lines, rejected lines by reason, fields the config
