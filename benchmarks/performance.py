@@ -280,9 +280,11 @@ def input_efficiency(run_dir: str, config_path: str, batch_size: int = 256,
   """Training examples/second from each input, and its share of the in-memory upper bound.
 
   One model per input, built and traced once; then `rounds` rounds, each training every
-  model `steps` more steps on its input in turn. The machine's speed drifts by tens of
-  percent within seconds, so what is compared is the share within each round (one machine
-  state), and its median over the rounds.
+  model `steps` more steps on its input in turn, with the in-memory model trained before the
+  first input and after each one. The machine's speed drifts by tens of percent within
+  seconds, so an input's share is taken against the in-memory rates measured just before
+  and just after it (the mean of the two: one machine state), and reported as the median
+  over the rounds.
   """
   config, train, _, new_model, examples, tf_transform_output = _training_setup(
       run_dir, config_path, batch_size)
@@ -292,29 +294,43 @@ def input_efficiency(run_dir: str, config_path: str, batch_size: int = 256,
   for _ in in_memory.take(50):  # materialise the cache before timing
     pass
   inputs = (('tfrecords', train), ('record_shuffle_tfrecords', record_shuffle),
-            ('tfxio_tfrecords', tfxio_train), ('in_memory', in_memory))
+            ('tfxio_tfrecords', tfxio_train))
   models = {}
-  for name, dataset in inputs:
+  for name, dataset in inputs + (('in_memory', in_memory),):
     models[name] = new_model()
     models[name].fit(dataset, steps_per_epoch=20, epochs=1, verbose=0)  # build and trace
   rates: Dict[str, List[Dict[str, float]]] = {name: [] for name, _ in inputs}
+  rates['in_memory'] = []
+  shares: Dict[str, List[float]] = {name: [] for name, _ in inputs}
+
+  def bound():
+    rates['in_memory'].append(
+        _steady_training_rate(models['in_memory'], in_memory, batch_size, steps))
+    return rates['in_memory'][-1]['examples_per_second']
+
   for _ in range(rounds):
+    before = bound()
     for name, dataset in inputs:
       rates[name].append(_steady_training_rate(models[name], dataset, batch_size, steps))
-  upper = [r['examples_per_second'] for r in rates['in_memory']]
+      after = bound()
+      shares[name].append(rates[name][-1]['examples_per_second'] / ((before + after) / 2))
+      before = after
   result: Dict[str, Any] = {'steps_per_round': steps, 'rounds': rounds}
-  for name, dataset in inputs:
+  for name, dataset in inputs + (('in_memory', in_memory),):
     per_round = [r['examples_per_second'] for r in rates[name]]
-    shares = [rate / bound for rate, bound in zip(per_round, upper)]
-    quartiles = statistics.quantiles(shares, n=4)
-    result[name] = {
+    entry = {
         'examples_per_second_by_round': per_round,
         'examples_per_second': statistics.median(per_round),
         'cpu_us_per_example': statistics.median(r['cpu_us_per_example'] for r in rates[name]),
-        'share_of_upper_bound_by_round': shares,
-        'share_of_upper_bound': statistics.median(shares),
-        'share_quartiles': [quartiles[0], quartiles[2]],
         'input_only': _input_only(dataset, batch_size)}
+    if name in shares:
+      quartiles = statistics.quantiles(shares[name], n=4)
+      entry.update({'share_of_upper_bound_by_round': shares[name],
+                    'share_of_upper_bound': statistics.median(shares[name]),
+                    'share_quartiles': [quartiles[0], quartiles[2]]})
+    else:
+      entry.update({'share_of_upper_bound': 1.0, 'share_quartiles': [1.0, 1.0]})
+    result[name] = entry
   result['ratio'] = result['tfrecords']['share_of_upper_bound']
   result['tfxio_ratio'] = result['tfxio_tfrecords']['share_of_upper_bound']
   return result
