@@ -428,17 +428,13 @@ def _LogsToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
   # Each branch is summed where it is produced (a lifted combine: its partial sums are made in
   # the producing stage), and only the per-key sums are flattened: a Flatten of the per-record
   # keys themselves would be held whole in memory by the local DirectRunner between stages.
-  sums = []
-  for label, branch, key_fn in (
-      ('Ingested', parsed.examples, lambda _: (('ingested', ''), 1)),
-      ('Reasons', quarantined, lambda q: (('reason', q['reason']), 1)),
-      ('UnknownFields', parsed[_UNKNOWN_KEY], lambda name: (('unknown_field', name), 1))):
-    sums.append(branch
-                | f'{label}Key' >> beam.Map(key_fn)
-                | f'{label}Sum' >> beam.CombinePerKey(sum))
-  sums.append(read[_FILES_KEY]
-              | 'FileKeys' >> beam.FlatMap(_file_counts)
-              | 'FilesSum' >> beam.CombinePerKey(sum))
+  sums = [branch | f'{label}Keys' >> keys | f'{label}Sum' >> beam.CombinePerKey(sum)
+          for label, branch, keys in (
+              ('Ingested', parsed.examples, beam.Map(lambda _: (('ingested', ''), 1))),
+              ('Reasons', quarantined, beam.Map(lambda q: (('reason', q['reason']), 1))),
+              ('UnknownFields', parsed[_UNKNOWN_KEY],
+               beam.Map(lambda name: (('unknown_field', name), 1))),
+              ('Files', read[_FILES_KEY], beam.FlatMap(_file_counts)))]
   _ = (sums
        | 'AllSums' >> beam.Flatten()
        | 'SumByKey' >> beam.CombinePerKey(sum)

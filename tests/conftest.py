@@ -68,21 +68,15 @@ def e2e_run(tmp_path_factory):
 def mlmd_store(run_dir):
   """The ML Metadata store of a local run (its SQLite file)."""
   from ml_metadata.metadata_store import metadata_store  # pylint: disable=g-import-not-at-top
-  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
-  config = metadata_store_pb2.ConnectionConfig()
-  config.sqlite.filename_uri = str(run_dir / 'metadata.sqlite')
-  return metadata_store.MetadataStore(config)
+  from pipeline.local_runner import metadata_config  # pylint: disable=g-import-not-at-top
+  return metadata_store.MetadataStore(metadata_config(str(run_dir)))
 
 
 def output_uri(e2e_run, node, key):
-  """URI of a node's output artifact in the shared run, found through ML Metadata's events."""
-  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
-  store = mlmd_store(e2e_run['run_dir'])
-  context = store.get_context_by_type_and_name('node', f'{e2e_run["config"].name}.{node}')
-  [execution] = store.get_executions_by_context(context.id)
-  ids = [e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
-         if e.type == metadata_store_pb2.Event.OUTPUT and e.path.steps[0].key == key]
-  [artifact] = store.get_artifacts_by_id(ids)
+  """URI of a node's output artifact in the shared run, as ML Metadata records it."""
+  from pipeline.run_summary import read_run  # pylint: disable=g-import-not-at-top
+  nodes = read_run(mlmd_store(e2e_run['run_dir']), e2e_run['config'].name)['nodes']
+  [artifact] = nodes[node]['outputs'][key]
   return artifact.uri
 
 

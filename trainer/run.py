@@ -281,7 +281,8 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
   order (a stateless permutation keyed by the block's position, so every epoch mixes
   differently); then re-cut into batches and prefetched. A record can move anywhere within
   its block, and its block several blocks: mixing on the scale of the 10,000-record shuffle
-  buffer this replaced, at about a third of its input cost per example.
+  buffer this replaced, at about 60% of its input cost per example (the input alone,
+  docs/performance.md).
   Evaluation input (`shuffle=False`): the files one after another in name order, batched
   and parsed per batch.
 
