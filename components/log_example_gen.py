@@ -12,7 +12,8 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
   bucket files, `components/spill.py`; the lines seen more than once, with the copy to keep,
   become a side input), then to parse line by line, so no stage holds the window's lines in
   memory;
-- each split is written in a random order (a shuffle through bucket files, `spill.Shuffle`,
+- each split is written in a random order that the same log reproduces on every run (a
+  shuffle through bucket files keyed by a hash of each serialized example, `spill.Shuffle`,
   in place of TFX's WriteSplit, whose Reshuffle the local DirectRunner holds whole in memory),
   as gzip TFRecord shards of at most about EXAMPLES_BYTES_PER_SHARD bytes of examples
   (`Split-<name>/data_tfrecord-<shard>-of-<shards>.gz`, as TFX's ExampleGen names them);
@@ -52,6 +53,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io import iobase
 from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -543,11 +545,16 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         # The split's share of the window's buckets.
         num_buckets = max(1, math.ceil(
             exec_properties[_NUM_BUCKETS] * share.get(name, 1) / sum(share.values() or [1])))
+        # Deterministic serialization (feature map in key order): by default the protobuf
+        # runtime writes map entries in an order that changes from process to process, and
+        # the shuffle's order keys hash these bytes, so the same log gave the examples in a
+        # different order, and a different trained model, on every run.
         _ = (split
-             | f'Serialize[{name}]' >> beam.Map(lambda example: example.SerializeToString())
+             | f'Serialize[{name}]' >> beam.Map(
+                 lambda example: example.SerializeToString(deterministic=True))
              | f'Shuffle[{name}]' >> spill.Shuffle(  # pylint: disable=no-value-for-parameter
                  os.path.join(exec_properties[_SPILL_URI], 'shuffle', name), num_buckets)
-             | f'Write[{name}]' >> beam.io.Write(_examples_sink(
+             | f'Write[{name}]' >> beam.io.Write(_ExamplesSink(
                  os.path.join(artifact_utils.get_split_uri(examples, name),
                               write_split.DEFAULT_TF_RECORD_FILE_NAME))))
     examples_utils.set_payload_format(
@@ -556,15 +563,50 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         exec_properties[standard_component_specs.OUTPUT_FILE_FORMAT_KEY]))
 
 
-def _examples_sink(file_path_prefix: str) -> tfrecordio._TFRecordSink:  # pylint: disable=protected-access
+class _ExamplesSink(tfrecordio._TFRecordSink):  # pylint: disable=protected-access
   """WriteToTFRecord's sink (gzip, `<prefix>-<shard>-of-<shards>.gz`), starting a new shard
   after EXAMPLES_BYTES_PER_SHARD bytes (uncompressed; a FileBasedSink option that
-  WriteToTFRecord does not expose). Shards are cut as records are written: no grouping."""
-  sink = tfrecordio._TFRecordSink(  # pylint: disable=protected-access
-      file_path_prefix, coder=beam.coders.BytesCoder(), file_name_suffix='.gz', num_shards=0,
-      shard_name_template=None, compression_type=CompressionTypes.AUTO)
-  sink.max_bytes_per_shard = EXAMPLES_BYTES_PER_SHARD
-  return sink
+  WriteToTFRecord does not expose), with shards numbered by what they hold.
+
+  Shards are cut as records are written: no grouping. Beam numbers a file-based sink's shards
+  in the order of their temporary files' names, which are random (one per bundle), so the same
+  examples came out under other shard numbers on every run, and the Trainer (which orders the
+  files by name before its seeded shuffle) trained on them in another order. Here each
+  temporary file is renamed, when closed, to begin with a hash of its first record.
+  """
+
+  def __init__(self, file_path_prefix: str):
+    super().__init__(file_path_prefix, coder=beam.coders.BytesCoder(), file_name_suffix='.gz',
+                     num_shards=0, shard_name_template=None,
+                     compression_type=CompressionTypes.AUTO)
+    self.max_bytes_per_shard = EXAMPLES_BYTES_PER_SHARD
+
+  def open_writer(self, init_result, uid):
+    return _ContentNamedWriter(super().open_writer(init_result, uid))
+
+
+class _ContentNamedWriter(iobase.Writer):
+  """A sink writer whose temporary file, once closed, is named after its first record."""
+
+  def __init__(self, writer: iobase.Writer):
+    self._writer = writer
+    self._first: Optional[bytes] = None
+
+  def write(self, value: bytes) -> None:
+    if self._first is None:
+      self._first = value
+    self._writer.write(value)
+
+  def at_capacity(self) -> bool:
+    return self._writer.at_capacity()
+
+  def close(self) -> str:
+    path = self._writer.close()
+    directory, name = FileSystems.split(path)
+    key = hashlib.blake2b(self._first or b'', digest_size=8).hexdigest()
+    named = FileSystems.join(directory, f'{key}-{name}')
+    FileSystems.rename([path], [named])
+    return named
 
 
 def _preserve(quarantine_uri: str) -> str:

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -22,7 +23,7 @@ from tfx.components.example_gen.utils import date_to_span_number
 
 from components import log_example_gen
 from components.log_example_gen import LogExampleGen, read_counts, read_quarantined
-from conftest import sample_config
+from conftest import REPO, sample_config
 from pipeline.beam_args import beam_pipeline_args
 from pipeline.local_runner import PipelineRunError, metadata_config, run_local
 from pipeline.run_summary import SUMMARY_FILE, build_summary, read_run, write_summary
@@ -74,6 +75,26 @@ def _ingested_users(examples_uri):
   return users
 
 
+def _ingest_corpus(logs, run_dir):
+  """The corpus run's ingestion. Tiny spill buckets and shards, so the duplicate search and the
+  shuffle run over many bucket files and each split is written as many shards (a log this
+  small would otherwise fit one). Far more than 1% of this input is bad on purpose; the stop
+  itself is tested elsewhere."""
+  config = sample_config(data={'input_base': str(logs), 'max_rejected_fraction': 0.5})
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(log_example_gen, 'SPILL_BYTES_PER_BUCKET', 2048)
+    patch.setattr(log_example_gen, 'EXAMPLES_BYTES_PER_SHARD', SHARD_BYTES)
+    return _run_ingestion(config, str(run_dir))
+
+
+def _split_files(examples_uri):
+  """{split: [(shard file name, [serialized examples in file order])]}."""
+  return {split: [(os.path.basename(path),
+                   [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type='GZIP')])
+                  for path in sorted(glob.glob(os.path.join(examples_uri, split, '*.gz')))]
+          for split in ('Split-train', 'Split-eval')}
+
+
 @pytest.fixture(scope='module')
 def ingested(tmp_path_factory):
   root = tmp_path_factory.mktemp('bad_inputs')
@@ -82,14 +103,7 @@ def ingested(tmp_path_factory):
   shutil.copytree(CORPUS, logs / LATEST, ignore=shutil.ignore_patterns('empty_partition'))
   shutil.copytree(os.path.join(CORPUS, 'empty_partition'), logs / EMPTY_DAY)
   shutil.copy(os.path.join(CORPUS, 'duplicates.jsonl'), logs / REPLAY_DAY)
-  # Far more than 1% of this input is bad on purpose; the stop itself is tested elsewhere.
-  config = sample_config(data={'input_base': str(logs), 'max_rejected_fraction': 0.5})
-  # Tiny spill buckets and shards, so the duplicate search and the shuffle run over many bucket
-  # files and each split is written as many shards (a log this small would otherwise fit one).
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(log_example_gen, 'SPILL_BYTES_PER_BUCKET', 2048)
-    patch.setattr(log_example_gen, 'EXAMPLES_BYTES_PER_SHARD', SHARD_BYTES)
-    outputs = _run_ingestion(config, str(root / 'run'))
+  outputs = _ingest_corpus(logs, root / 'run')
   examples_uri = outputs['examples'][0].uri
   assert sorted(os.listdir(examples_uri)) == ['Split-eval', 'Split-train'], 'spill files left'
   quarantine_uri = outputs['quarantine'][0].uri
@@ -116,6 +130,26 @@ def test_splits_are_written_in_shards_of_bounded_size(ingested):
       # A shard closes once it holds SHARD_BYTES (records plus TFRecord framing).
       assert records and sum(n + 16 for n in records[:-1]) < SHARD_BYTES, shard
   assert sum(ingested['users'].values()) == ingested['counts']['num_ingested']
+
+
+def test_the_same_log_gives_the_same_files_in_every_run(ingested, tmp_path):
+  """Ingestion again, in another process: the same shards, each holding the same examples in
+  the same order, byte for byte. (The protobuf runtime writes a map's entries in an order that
+  changes from process to process, and Beam numbers shards by random temporary names: either
+  one made each run put the examples in another order, and train another model.)"""
+  script = ('import sys; sys.path[:0] = [{tests!r}, {repo!r}]; import test_bad_inputs; '
+            'outputs = test_bad_inputs._ingest_corpus({logs!r}, {run!r}); '
+            'print(outputs["examples"][0].uri)').format(
+                tests=os.path.dirname(os.path.abspath(__file__)), repo=REPO,
+                logs=str(ingested['logs']), run=str(tmp_path / 'again'))
+  completed = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                             timeout=600)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  again = _split_files(completed.stdout.strip().splitlines()[-1])
+  first = _split_files(ingested['examples_uri'])
+  assert [name for name, _ in again['Split-train']] == [name for name, _ in first['Split-train']]
+  assert len(first['Split-train']) > 1
+  assert again == first
 
 
 def _check_case(ingested, name, expected_reasons):
