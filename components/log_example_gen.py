@@ -586,7 +586,8 @@ class _ExamplesSink(tfrecordio._TFRecordSink):  # pylint: disable=protected-acce
 
 
 class _ContentNamedWriter(iobase.Writer):
-  """A sink writer whose temporary file, once closed, is named after its first record."""
+  """A sink writer whose temporary file, once closed, is named after its first record (its
+  `spill.order_key`)."""
 
   def __init__(self, writer: iobase.Writer):
     self._writer = writer
@@ -603,7 +604,7 @@ class _ContentNamedWriter(iobase.Writer):
   def close(self) -> str:
     path = self._writer.close()
     directory, name = FileSystems.split(path)
-    key = hashlib.blake2b(self._first or b'', digest_size=8).hexdigest()
+    key = spill.order_key(self._first or b'', salt=b'shard-name').hex()
     named = FileSystems.join(directory, f'{key}-{name}')
     FileSystems.rename([path], [named])
     return named

@@ -66,15 +66,6 @@ def _run_ingestion(config, output_dir):
   return read_run(store, config.name)['nodes']['LogExampleGen']['outputs']
 
 
-def _ingested_users(examples_uri):
-  users = collections.Counter()
-  for path in tf.io.gfile.glob(os.path.join(examples_uri, 'Split-*', '*.gz')):
-    for record in tf.data.TFRecordDataset(path, compression_type='GZIP'):
-      example = tf.train.Example.FromString(record.numpy())
-      users[example.features.feature['user_id'].bytes_list.value[0].decode()] += 1
-  return users
-
-
 def _ingest_corpus(logs, run_dir):
   """The corpus run's ingestion. Tiny spill buckets and shards, so the duplicate search and the
   shuffle run over many bucket files and each split is written as many shards (a log this
@@ -95,6 +86,17 @@ def _split_files(examples_uri):
           for split in ('Split-train', 'Split-eval')}
 
 
+def _ingested_users(split_files):
+  """How many examples of each user the splits (`_split_files`) hold."""
+  users = collections.Counter()
+  for shards in split_files.values():
+    for _, records in shards:
+      for record in records:
+        example = tf.train.Example.FromString(record)
+        users[example.features.feature['user_id'].bytes_list.value[0].decode()] += 1
+  return users
+
+
 @pytest.fixture(scope='module')
 def ingested(tmp_path_factory):
   root = tmp_path_factory.mktemp('bad_inputs')
@@ -106,6 +108,7 @@ def ingested(tmp_path_factory):
   outputs = _ingest_corpus(logs, root / 'run')
   examples_uri = outputs['examples'][0].uri
   assert sorted(os.listdir(examples_uri)) == ['Split-eval', 'Split-train'], 'spill files left'
+  files = _split_files(examples_uri)
   quarantine_uri = outputs['quarantine'][0].uri
   by_file = collections.defaultdict(dict)
   quarantined = read_quarantined(quarantine_uri)
@@ -116,19 +119,16 @@ def ingested(tmp_path_factory):
   with open(root / 'run' / SUMMARY_FILE) as f:
     summary = json.load(f)
   return {'counts': read_counts(quarantine_uri), 'quarantined': quarantined, 'by_file': by_file,
-          'users': _ingested_users(examples_uri), 'summary': summary,
+          'files': files, 'users': _ingested_users(files), 'summary': summary,
           'logs': logs, 'quarantine_uri': quarantine_uri, 'examples_uri': examples_uri}
 
 
 def test_splits_are_written_in_shards_of_bounded_size(ingested):
-  uri = ingested['examples_uri']
-  for split in ('train', 'eval'):
-    shards = sorted(glob.glob(os.path.join(uri, f'Split-{split}', '*.gz')))
-    assert len(shards) > 1, shards
-    for shard in shards:
-      records = [len(r.numpy()) for r in tf.data.TFRecordDataset(shard, compression_type='GZIP')]
+  for split, shards in ingested['files'].items():
+    assert len(shards) > 1, (split, shards)
+    for shard, records in shards:
       # A shard closes once it holds SHARD_BYTES (records plus TFRecord framing).
-      assert records and sum(n + 16 for n in records[:-1]) < SHARD_BYTES, shard
+      assert records and sum(len(r) + 16 for r in records[:-1]) < SHARD_BYTES, (split, shard)
   assert sum(ingested['users'].values()) == ingested['counts']['num_ingested']
 
 
@@ -146,7 +146,7 @@ def test_the_same_log_gives_the_same_files_in_every_run(ingested, tmp_path):
                              timeout=600)
   assert completed.returncode == 0, completed.stderr[-3000:]
   again = _split_files(completed.stdout.strip().splitlines()[-1])
-  first = _split_files(ingested['examples_uri'])
+  first = ingested['files']
   assert [name for name, _ in again['Split-train']] == [name for name, _ in first['Split-train']]
   assert len(first['Split-train']) > 1
   assert again == first
