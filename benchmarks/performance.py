@@ -11,7 +11,8 @@
 3. Training input efficiency: the Trainer's examples/second reading the transformed TFRecords
    (the pipeline's own input function) against the same model and batch size fed from
    tensors already in memory (no input cost); also TFX's own reader (the DataAccessor's TFXIO
-   dataset) for comparison, and each input's examples/second alone, without training.
+   dataset), the input before the block shuffle and before the packed columns, for
+   comparison, and each input's examples/second alone, without training.
 4. Serving cost: latency of the exported `serving_default` (parse + transform + model) at
    batch 1 and 256, p50 and p99, against the bare Keras network on transformed tensors.
 5. Quality per second: per-task eval AUC after a fixed wall-clock training budget, at two
@@ -35,6 +36,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
@@ -191,6 +193,7 @@ def _tfxio_dataset(examples_mlmd, tf_transform_output, config, batch_size: int):
   from tfx.components.util import tfxio_utils  # pylint: disable=g-import-not-at-top
   from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
   from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
+  from trainer.preprocessing import unpack_transformed  # pylint: disable=g-import-not-at-top
   examples = standard_artifacts.Examples()
   examples.set_mlmd_artifact(examples_mlmd)
   accessor = fn_args_utils.DataAccessor(
@@ -203,21 +206,27 @@ def _tfxio_dataset(examples_mlmd, tf_transform_output, config, batch_size: int):
       tf_transform_output.transformed_metadata.schema)
   features = [f.name for f in config.features]
   labels = [t.label for t in config.tasks]
-  return dataset.map(lambda b: ({n: b[n] for n in features}, {n: b[n] for n in labels}))
+
+  def features_and_labels(batch):
+    columns = unpack_transformed(config, batch)
+    return {n: columns[n] for n in features}, {n: columns[n] for n in labels}
+
+  return dataset.map(features_and_labels)
 
 
 def _record_shuffle_dataset(examples_mlmd, tf_transform_output, config, batch_size: int):
   """The Trainer's input before the block shuffle: records through a 10,000-record shuffle
   buffer, then batched and parsed per batch (same files, seed and parsing)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.preprocessing import unpack_transformed  # pylint: disable=g-import-not-at-top
+  from trainer.run import packed_feature_spec  # pylint: disable=g-import-not-at-top
   files = sorted(glob.glob(os.path.join(examples_mlmd.uri, 'Split-train', '*')))
-  spec = tf_transform_output.transformed_feature_spec()
+  spec = packed_feature_spec(config, tf_transform_output)
   features = [f.name for f in config.features]
   labels = [t.label for t in config.tasks]
-  spec = {n: spec[n] for n in features + labels}
 
   def parse(serialized):
-    columns = tf.io.parse_example(serialized, spec)
+    columns = unpack_transformed(config, tf.io.parse_example(serialized, spec))
     return {n: columns[n] for n in features}, {n: columns[n] for n in labels}
 
   seed = config.training.seed
@@ -226,6 +235,60 @@ def _record_shuffle_dataset(examples_mlmd, tf_transform_output, config, batch_si
                       cycle_length=min(len(files), 4))
           .shuffle(10000, seed=seed).repeat().batch(batch_size, drop_remainder=True)
           .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def _per_feature_dataset(examples_mlmd, tf_transform_output, config, batch_size: int,
+                         directory: str):
+  """The Trainer's input before the packed columns (change 8): the same training records
+  rewritten with one tf.Example feature per feature and label (gzip, as Beam writes it) in
+  `directory`, read by the same block shuffle as `trainer.run.make_dataset`."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import run as trainer_run  # pylint: disable=g-import-not-at-top
+  from trainer.preprocessing import (  # pylint: disable=g-import-not-at-top
+      transformed_layout, unpack_transformed)
+  packed_spec = trainer_run.packed_feature_spec(config, tf_transform_output)
+  features = [f.name for f in config.features]
+  labels = [t.label for t in config.tasks]
+  os.makedirs(directory, exist_ok=True)
+  files = []
+  for part, path in enumerate(sorted(glob.glob(os.path.join(examples_mlmd.uri, 'Split-train',
+                                                             '*')))):
+    uncompressed = os.path.join(directory, f'part-{part}.tfrecord')
+    with tf.io.TFRecordWriter(uncompressed) as writer:
+      for serialized in tf.data.TFRecordDataset(path, compression_type='GZIP').batch(8192):
+        columns = unpack_transformed(config, tf.io.parse_example(serialized, packed_spec))
+        columns = {name: values.numpy().tolist() for name, values in columns.items()}
+        for row in range(len(serialized)):
+          example = tf.train.Example()
+          for name, values in columns.items():
+            value = example.features.feature[name]
+            (value.int64_list if isinstance(values[row], int) else value.float_list).value.append(
+                values[row])
+          writer.write(example.SerializeToString(deterministic=True))
+    with open(uncompressed, 'rb') as source, gzip.open(uncompressed + '.gz', 'wb',
+                                                       compresslevel=6) as target:
+      shutil.copyfileobj(source, target)  # zlib's default level, as Beam's gzip sink
+    os.remove(uncompressed)
+    files.append(uncompressed + '.gz')
+  spec = {name: tf.io.FixedLenFeature([], packed_spec[column].dtype)
+          for name, (column, _) in transformed_layout(config).items()}
+  block, seed = max(trainer_run.SHUFFLE_BLOCK, batch_size), config.training.seed
+
+  def parse_and_permute(position, serialized):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(block), seed=tf.stack([tf.constant(seed, tf.int64), position]))
+    return {name: tf.gather(values, order)
+            for name, values in tf.io.parse_example(serialized, spec).items()}
+
+  files = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+  return (tf.data.TFRecordDataset(files, compression_type='GZIP')
+          .repeat().batch(block, drop_remainder=True)
+          .shuffle(trainer_run.SHUFFLE_BLOCKS, seed=seed).enumerate()
+          .map(parse_and_permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .rebatch(batch_size, drop_remainder=True)
+          .map(lambda c: ({n: c[n] for n in features}, {n: c[n] for n in labels}))
           .prefetch(tf.data.AUTOTUNE))
 
 
@@ -290,11 +353,13 @@ def input_efficiency(run_dir: str, config_path: str, batch_size: int = 256,
       run_dir, config_path, batch_size)
   tfxio_train = _tfxio_dataset(examples, tf_transform_output, config, batch_size)
   record_shuffle = _record_shuffle_dataset(examples, tf_transform_output, config, batch_size)
+  copy_dir = tempfile.mkdtemp(prefix='per-feature-')
+  per_feature = _per_feature_dataset(examples, tf_transform_output, config, batch_size, copy_dir)
   in_memory = train.take(50).cache().repeat()
   for _ in in_memory.take(50):  # materialise the cache before timing
     pass
-  inputs = (('tfrecords', train), ('record_shuffle_tfrecords', record_shuffle),
-            ('tfxio_tfrecords', tfxio_train))
+  inputs = (('tfrecords', train), ('per_feature_tfrecords', per_feature),
+            ('record_shuffle_tfrecords', record_shuffle), ('tfxio_tfrecords', tfxio_train))
   models = {}
   for name, dataset in inputs + (('in_memory', in_memory),):
     models[name] = new_model()
@@ -331,6 +396,7 @@ def input_efficiency(run_dir: str, config_path: str, batch_size: int = 256,
     else:
       entry.update({'share_of_upper_bound': 1.0, 'share_quartiles': [1.0, 1.0]})
     result[name] = entry
+  shutil.rmtree(copy_dir)
   result['ratio'] = result['tfrecords']['share_of_upper_bound']
   result['tfxio_ratio'] = result['tfxio_tfrecords']['share_of_upper_bound']
   return result
@@ -449,7 +515,8 @@ def _print_tables(report: Dict[str, Any]) -> None:
     print('| input | training examples/s | CPU us/example | input alone examples/s | '
           'input alone CPU us/example | share of the upper bound (quartiles) |\n'
           '| --- | --- | --- | --- | --- | --- |')
-    for name in ('tfrecords', 'record_shuffle_tfrecords', 'tfxio_tfrecords', 'in_memory'):
+    for name in ('tfrecords', 'per_feature_tfrecords', 'record_shuffle_tfrecords',
+                 'tfxio_tfrecords', 'in_memory'):
       r = e[name]
       print(f'| {name} | {r["examples_per_second"]:,.0f} | {r["cpu_us_per_example"]:.2f} | '
             f'{r["input_only"]["examples_per_second"]:,.0f} | '

@@ -9,7 +9,7 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from pipeline.config import parse_config
-from trainer.preprocessing import build_preprocessing_fn
+from trainer.preprocessing import build_preprocessing_fn, transformed_layout, unpack_transformed
 
 CONFIG = parse_config({
     'name': 'prep-test',
@@ -42,6 +42,12 @@ ROWS = [{'user': u, 'device': d, 'position': p, 'price': pr, 'raw': 2.5 * i,
         for i, (u, d, p, pr) in enumerate(zip(USERS, DEVICES, POSITIONS, PRICES))]
 
 
+def column(rows, name):
+  """One feature's or label's transformed value in each row, from its packed column."""
+  packed, index = transformed_layout(CONFIG)[name]
+  return [row[packed][index] for row in rows]
+
+
 @pytest.fixture(scope='module')
 def transformed(tmp_path_factory):
   metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(FEATURE_SPEC))
@@ -55,36 +61,53 @@ def transformed(tmp_path_factory):
 
 def test_vocabulary_with_frequency_threshold_and_oov(transformed):
   data, new_data = transformed
-  ids = [row['user'] for row in data]
+  ids = column(data, 'user')
   # 'a' (3x) and 'b' (2x) make the vocabulary, most frequent first; 'c' (1x) is below the
   # threshold and falls into one of the 3 OOV buckets, ids 2..4.
   assert ids[:5] == [0, 0, 0, 1, 1]
   assert 2 <= ids[5] <= 4
-  assert 2 <= new_data[0]['user'] <= 4
+  assert 2 <= column(new_data, 'user')[0] <= 4
 
 
 def test_vocabulary_top_k(transformed):
   data, new_data = transformed
-  ids = [row['device'] for row in data]
+  ids = column(data, 'device')
   assert ids[:3] == [0, 0, 0]  # only the most frequent value is kept
   assert all(i == 1 for i in ids[3:])  # everything else is the single OOV bucket
-  assert new_data[0]['device'] == 1
+  assert column(new_data, 'device')[0] == 1
 
 
 def test_numeric_scaling(transformed):
   data, _ = transformed
-  positions = np.array([row['position'] for row in data])
+  positions = np.array(column(data, 'position'))
   expected = (np.array(POSITIONS) - np.mean(POSITIONS)) / np.std(POSITIONS)
   np.testing.assert_allclose(positions, expected, rtol=1e-5)
   logs = np.log1p(PRICES)
-  np.testing.assert_allclose([row['price'] for row in data],
+  np.testing.assert_allclose(column(data, 'price'),
                              (logs - logs.mean()) / logs.std(), rtol=1e-5)
-  assert [row['raw'] for row in data] == [2.5 * i for i in range(6)]
+  assert column(data, 'raw') == [2.5 * i for i in range(6)]
 
 
 def test_labels_pass_through_as_float(transformed):
   data, _ = transformed
-  assert [row['click'] for row in data] == [i % 2 for i in range(6)]
-  assert all(isinstance(row['click'], (float, np.floating)) for row in data)
-  assert [row['dwell_seconds'] for row in data] == pytest.approx([10.0 * i for i in range(6)])
-  assert not any(math.isnan(row['dwell_seconds']) for row in data)
+  assert column(data, 'click') == [i % 2 for i in range(6)]
+  assert all(isinstance(v, (float, np.floating)) for v in column(data, 'click'))
+  assert column(data, 'dwell_seconds') == pytest.approx([10.0 * i for i in range(6)])
+  assert not any(math.isnan(v) for v in column(data, 'dwell_seconds'))
+
+
+def test_outputs_are_packed_by_role_in_config_order(transformed):
+  data, _ = transformed
+  assert {name: row.shape for name, row in data[0].items()} == {
+      'categorical_ids': (2,), 'numeric_values': (3,), 'labels': (2,)}
+  assert transformed_layout(CONFIG) == {
+      'user': ('categorical_ids', 0), 'device': ('categorical_ids', 1),
+      'position': ('numeric_values', 0), 'price': ('numeric_values', 1),
+      'raw': ('numeric_values', 2), 'click': ('labels', 0), 'dwell_seconds': ('labels', 1)}
+  batch = {name: tf.constant(np.stack([row[name] for row in data])) for name in data[0]}
+  unpacked = unpack_transformed(CONFIG, batch)
+  for name in transformed_layout(CONFIG):
+    np.testing.assert_array_equal(unpacked[name].numpy(), column(data, name))
+  # A serving request has no labels, so tf.Transform leaves the labels column out.
+  features_only = unpack_transformed(CONFIG, {n: v for n, v in batch.items() if n != 'labels'})
+  assert set(features_only) == {'user', 'device', 'position', 'price', 'raw'}

@@ -1,8 +1,8 @@
 """The Trainer's input (`trainer.run.make_dataset`): block shuffle, determinism, coverage.
 
 Records are written in the transformed format of the shared run (its real tf.Transform output
-gives the feature spec), each carrying its index in `position`, so the batches can be traced
-back to the records.
+gives the packed columns' spec), each carrying its index in `position`, so the batches can be
+traced back to the records.
 """
 
 import collections
@@ -15,6 +15,7 @@ import tensorflow_transform as tft
 
 from conftest import output_uri
 from trainer import run
+from trainer.preprocessing import transformed_layout
 
 NUM_RECORDS = 2048
 BLOCK = 256
@@ -26,19 +27,24 @@ def records(e2e_run, tmp_path_factory):
   """(config, TFTransformOutput, [gzip file patterns]) of NUM_RECORDS indexed records in 2 files."""
   config = e2e_run['config']
   transform_output = tft.TFTransformOutput(output_uri(e2e_run, 'Transform', 'transform_graph'))
-  spec = transform_output.transformed_feature_spec()
+  spec = run.packed_feature_spec(config, transform_output)
+  layout = transformed_layout(config)
   directory = tmp_path_factory.mktemp('transformed')
   for part, indices in enumerate(np.array_split(np.arange(NUM_RECORDS), 2)):
     path = os.path.join(directory, f'part-{part}.gz')
     with tf.io.TFRecordWriter(path, options='GZIP') as writer:
       for i in indices:
-        example = tf.train.Example()
-        for name, feature in spec.items():
-          value = example.features.feature[name]
-          if feature.dtype == tf.int64:
-            value.int64_list.value.append(int(i) % 3)
+        columns = {name: [0] * feature.shape[0] for name, feature in spec.items()}
+        for name, (column, index) in layout.items():
+          if spec[column].dtype == tf.int64:
+            columns[column][index] = int(i) % 3
           else:
-            value.float_list.value.append(float(i) if name == 'position' else 0.5)
+            columns[column][index] = float(i) if name == 'position' else 0.5
+        example = tf.train.Example()
+        for name, values in columns.items():
+          value = example.features.feature[name]
+          (value.int64_list if spec[name].dtype == tf.int64 else value.float_list).value.extend(
+              values)
         writer.write(example.SerializeToString())
   return config, transform_output, [os.path.join(directory, '*.gz')]
 

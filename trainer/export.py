@@ -8,10 +8,10 @@
 - `predict_instances`: for REST clients sending raw feature values as JSON instances
   (`{"signature_name": "predict_instances", "instances": [{"item_category": "books", ...}]}`):
   one input tensor per feature, shape [batch], with the same outputs as `serving_default`.
-- `transform_features`: serialized examples with every raw column -> transformed features
-  (what the network sees: for debugging a prediction, and for benchmarks that time the network
-  alone). TFMA does not run it: it reads labels from the raw columns (see
-  `pipeline.pipeline.build_eval_config`).
+- `transform_features`: serialized examples with every raw column -> transformed features and
+  labels by name, unpacked from tf.Transform's packed columns (what the network sees: for
+  debugging a prediction, and for benchmarks that time the network alone). TFMA does not run
+  it: it reads labels from the raw columns (see `pipeline.pipeline.build_eval_config`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tensorflow_transform as tft
 
 from pipeline.config import PipelineConfig
 from trainer.models import output_labels
+from trainer.preprocessing import unpack_transformed
 
 SERVING_SIGNATURE = 'serving_default'
 INSTANCES_SIGNATURE = 'predict_instances'
@@ -58,7 +59,7 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
   def serve_tf_examples_fn(serialized_examples):
     raw_features = tf.io.parse_example(serialized_examples, serving_spec)
-    transformed = network.tft_layer(raw_features)
+    transformed = unpack_transformed(config, network.tft_layer(raw_features))
     outputs = network({name: transformed[name] for name in feature_names}, training=False)
     return {name: outputs[name] for name in output_names}
 
@@ -70,7 +71,7 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
     # Same layout as parsed examples: each FixedLenFeature of shape [1] is [batch, 1].
     raw_features = {name: tf.reshape(features[name], [-1] + list(serving_spec[name].shape))
                     for name in serving_spec}
-    transformed = network.tft_layer(raw_features)
+    transformed = unpack_transformed(config, network.tft_layer(raw_features))
     outputs = network({name: transformed[name] for name in feature_names}, training=False)
     return {name: outputs[name] for name in output_names}
 
@@ -78,7 +79,7 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   def transform_features_fn(serialized_examples):
     raw_features = tf.io.parse_example(serialized_examples,
                                        tf_transform_output.raw_feature_spec())
-    return network.tft_layer(raw_features)
+    return unpack_transformed(config, network.tft_layer(raw_features))
 
   return {
       SERVING_SIGNATURE: serve_tf_examples_fn.get_concrete_function(),

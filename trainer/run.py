@@ -30,6 +30,7 @@ Operator), `run_fn` trains under MultiWorkerMirroredStrategy:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -51,7 +52,8 @@ from pipeline.config import PipelineConfig, TrainingConfig
 from trainer import export
 from trainer.model import MultiTaskModel
 from trainer.models import build_network
-from trainer.preprocessing import CONFIG_KEY, vocabulary_name
+from trainer.preprocessing import (CONFIG_KEY, transformed_layout, unpack_transformed,
+                                   vocabulary_name)
 
 TRAINING_SUMMARY_FILE = 'training_summary.json'
 BACKUP_DIR = 'backup'  # under the model-run directory, which every worker shares
@@ -267,6 +269,23 @@ SHUFFLE_BLOCK = 8192   # records per block (at least the global batch)
 SHUFFLE_BLOCKS = 8     # blocks in the block-order shuffle buffer (64k records with 8192)
 
 
+def packed_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTransformOutput
+                        ) -> Dict[str, tf.io.FixedLenFeature]:
+  """Parse spec of the transformed examples' packed columns (`transformed_layout`), checked
+  against the config: a column missing or of another width means Transform ran another
+  config or an older preprocessing_fn, and its positions would be read as the wrong features."""
+  widths = collections.Counter(column for column, _ in transformed_layout(config).values())
+  transformed = tf_transform_output.transformed_feature_spec()
+  wrong = [f'{column} (expected {width} values, found '
+           f'{list(transformed[column].shape) if column in transformed else "no such column"})'
+           for column, width in widths.items()
+           if column not in transformed or list(transformed[column].shape) != [width]]
+  if wrong:
+    raise ValueError('the transformed examples do not match the config\'s features and tasks: '
+                     + '; '.join(wrong))
+  return {column: transformed[column] for column in widths}
+
+
 def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,
                  config: PipelineConfig, batch_size: int,
                  shuffle: bool = True) -> tf.data.Dataset:
@@ -276,13 +295,13 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
   after another (not interleaved: an interleave, even in one thread, costs about a quarter of
   the input's time per record, and ExampleGen already writes each split in random order),
   repeated; cut into blocks of SHUFFLE_BLOCK records; the blocks through a seeded shuffle
-  buffer of SHUFFLE_BLOCKS; each block parsed with one `tf.io.parse_example` (only the
-  features and labels the model uses, blocks in parallel) and its records put in a random
-  order (a stateless permutation keyed by the block's position, so every epoch mixes
-  differently); then re-cut into batches and prefetched. A record can move anywhere within
-  its block, and its block several blocks: mixing on the scale of the 10,000-record shuffle
-  buffer this replaced, at about 60% of its input cost per example (the input alone,
-  docs/performance.md).
+  buffer of SHUFFLE_BLOCKS; each block parsed with one `tf.io.parse_example` (its three
+  packed columns, `trainer.preprocessing.transformed_layout`; blocks in parallel), its records
+  put in a random order (a stateless permutation keyed by the block's position, so every
+  epoch mixes differently) and its columns unpacked by name; then re-cut into batches and
+  prefetched. A record can move anywhere within its block, and its block several blocks:
+  mixing on the scale of the 10,000-record shuffle buffer this replaced, at about 60% of its
+  input cost per example (the input alone, docs/performance.md).
   Evaluation input (`shuffle=False`): the files one after another in name order, batched
   and parsed per batch.
 
@@ -306,13 +325,9 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
     raise ValueError(f'mixed gzip and uncompressed TFRecord files in {file_pattern}')
   compression = 'GZIP' if compressed.pop() else ''
   seed = config.training.seed
+  spec = packed_feature_spec(config, tf_transform_output)
   feature_names = [f.name for f in config.features]
   label_names = [t.label for t in config.tasks]
-  transformed = tf_transform_output.transformed_feature_spec()
-  missing = sorted(set(feature_names + label_names) - set(transformed))
-  if missing:
-    raise ValueError(f'the transformed examples have no column {", ".join(missing)}')
-  spec = {name: transformed[name] for name in feature_names + label_names}
 
   def features_and_labels(columns):
     return ({n: columns[n] for n in feature_names}, {n: columns[n] for n in label_names})
@@ -328,7 +343,8 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
       order = tf.random.experimental.stateless_shuffle(
           tf.range(block), seed=tf.stack([tf.constant(seed, tf.int64), position]))
       columns = tf.io.parse_example(serialized, spec)
-      return {name: tf.gather(values, order) for name, values in columns.items()}
+      return unpack_transformed(
+          config, {name: tf.gather(values, order) for name, values in columns.items()})
 
     dataset = (dataset.batch(block, drop_remainder=True)
                .shuffle(SHUFFLE_BLOCKS, seed=seed)
@@ -338,7 +354,8 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
                .map(features_and_labels))
   else:
     dataset = (dataset.batch(batch_size, drop_remainder=True)
-               .map(lambda serialized: features_and_labels(tf.io.parse_example(serialized, spec)),
+               .map(lambda serialized: features_and_labels(
+                   unpack_transformed(config, tf.io.parse_example(serialized, spec))),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
