@@ -6,6 +6,7 @@ traced back to the records.
 """
 
 import collections
+import dataclasses
 import os
 
 import numpy as np
@@ -113,3 +114,12 @@ def test_a_global_batch_larger_than_a_block_is_served_whole(records, small_block
   batches = _indices(run.make_dataset(pattern, transform_output, config, 2 * BLOCK), 4)
   assert [len(batch) for batch in batches] == [2 * BLOCK] * 4
   assert len(set(i for batch in batches for i in batch)) > BLOCK
+
+
+def test_transformed_examples_of_another_config_are_refused_naming_the_column(records):
+  config, transform_output, pattern = records
+  # One numeric feature more than Transform packed: its position would read another value.
+  extra = dataclasses.replace(config, features=tuple(config.features) + (
+      dataclasses.replace(config.numeric_features[0], name='extra_numeric'),))
+  with pytest.raises(ValueError, match=r'numeric_values \(expected 3 values, found \[2\]\)'):
+    run.make_dataset(pattern, transform_output, extra, BATCH)
