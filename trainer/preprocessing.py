@@ -11,7 +11,7 @@ The outputs are packed by role into three columns (`transformed_layout`): every 
 id in `categorical_ids` (int64), every scaled numeric value in `numeric_values` (float32),
 every label in `labels` (float32), one position per feature or label in config order. Parsing
 a `tf.Example` costs mostly per feature it holds, so three columns instead of one per feature
-and label take about a third off the Trainer's input CPU (docs/performance.md, change 8).
+and label take about a quarter off the Trainer's input CPU (docs/performance.md, change 8).
 Labels have their own column because a serving request carries none: tf.Transform then drops
 `labels` and still computes the other two. `unpack_transformed` gives the columns back by name.
 
