@@ -242,7 +242,7 @@ def _per_feature_dataset(examples_mlmd, tf_transform_output, config, batch_size:
                          directory: str):
   """The Trainer's input before the packed columns (change 8): the same training records
   rewritten with one tf.Example feature per feature and label (gzip, as Beam writes it) in
-  `directory`, read by the same block shuffle as `trainer.run.make_dataset`."""
+  `directory`, read by the Trainer's block shuffle (`trainer.run.block_shuffle`)."""
   import gzip  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import run as trainer_run  # pylint: disable=g-import-not-at-top
@@ -274,20 +274,11 @@ def _per_feature_dataset(examples_mlmd, tf_transform_output, config, batch_size:
     files.append(uncompressed + '.gz')
   spec = {name: tf.io.FixedLenFeature([], packed_spec[column].dtype)
           for name, (column, _) in transformed_layout(config).items()}
-  block, seed = max(trainer_run.SHUFFLE_BLOCK, batch_size), config.training.seed
-
-  def parse_and_permute(position, serialized):
-    order = tf.random.experimental.stateless_shuffle(
-        tf.range(block), seed=tf.stack([tf.constant(seed, tf.int64), position]))
-    return {name: tf.gather(values, order)
-            for name, values in tf.io.parse_example(serialized, spec).items()}
-
+  seed = config.training.seed
   files = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
-  return (tf.data.TFRecordDataset(files, compression_type='GZIP')
-          .repeat().batch(block, drop_remainder=True)
-          .shuffle(trainer_run.SHUFFLE_BLOCKS, seed=seed).enumerate()
-          .map(parse_and_permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .rebatch(batch_size, drop_remainder=True)
+  return (trainer_run.block_shuffle(
+      tf.data.TFRecordDataset(files, compression_type='GZIP').repeat(),
+      lambda serialized: tf.io.parse_example(serialized, spec), seed, batch_size)
           .map(lambda c: ({n: c[n] for n in features}, {n: c[n] for n in labels}))
           .prefetch(tf.data.AUTOTUNE))
 

@@ -56,12 +56,14 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   output_names = list(output_labels(config))
   serving_spec = serving_feature_spec(config, tf_transform_output)
 
-  @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
-  def serve_tf_examples_fn(serialized_examples):
-    raw_features = tf.io.parse_example(serialized_examples, serving_spec)
+  def predict(raw_features):
     transformed = unpack_transformed(config, network.tft_layer(raw_features))
     outputs = network({name: transformed[name] for name in feature_names}, training=False)
     return {name: outputs[name] for name in output_names}
+
+  @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
+  def serve_tf_examples_fn(serialized_examples):
+    return predict(tf.io.parse_example(serialized_examples, serving_spec))
 
   instance_spec = {name: tf.TensorSpec(shape=[None], dtype=spec.dtype, name=name)
                    for name, spec in serving_spec.items()}
@@ -69,11 +71,8 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   @tf.function(input_signature=[instance_spec])
   def predict_instances_fn(features):
     # Same layout as parsed examples: each FixedLenFeature of shape [1] is [batch, 1].
-    raw_features = {name: tf.reshape(features[name], [-1] + list(serving_spec[name].shape))
-                    for name in serving_spec}
-    transformed = unpack_transformed(config, network.tft_layer(raw_features))
-    outputs = network({name: transformed[name] for name in feature_names}, training=False)
-    return {name: outputs[name] for name in output_names}
+    return predict({name: tf.reshape(features[name], [-1] + list(serving_spec[name].shape))
+                    for name in serving_spec})
 
   @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
   def transform_features_fn(serialized_examples):

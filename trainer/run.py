@@ -41,7 +41,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -286,6 +286,28 @@ def packed_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTrans
   return {column: transformed[column] for column in widths}
 
 
+def block_shuffle(records: tf.data.Dataset,
+                  parse: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+                  seed: int, batch_size: int) -> tf.data.Dataset:
+  """Batches of parsed columns from a (repeated) dataset of serialized records, mixed by
+  blocks (`make_dataset`): blocks of SHUFFLE_BLOCK records (at least the batch) through a
+  seeded shuffle buffer of SHUFFLE_BLOCKS; `parse` turns a block into its columns, each with
+  the block's records along its first axis; the block's rows put in the order of a stateless
+  permutation keyed by the block's position; then re-cut into batches of `batch_size`."""
+  block = max(SHUFFLE_BLOCK, batch_size)
+
+  def parse_and_permute(position, serialized):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(block), seed=tf.stack([tf.constant(seed, tf.int64), position]))
+    return {name: tf.gather(values, order) for name, values in parse(serialized).items()}
+
+  return (records.batch(block, drop_remainder=True)
+          .shuffle(SHUFFLE_BLOCKS, seed=seed)
+          .enumerate()
+          .map(parse_and_permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .rebatch(batch_size, drop_remainder=True))
+
+
 def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,
                  config: PipelineConfig, batch_size: int,
                  shuffle: bool = True) -> tf.data.Dataset:
@@ -296,10 +318,10 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
   the input's time per record, and ExampleGen already writes each split in random order),
   repeated; cut into blocks of SHUFFLE_BLOCK records; the blocks through a seeded shuffle
   buffer of SHUFFLE_BLOCKS; each block parsed with one `tf.io.parse_example` (its three
-  packed columns, `trainer.preprocessing.transformed_layout`; blocks in parallel), its records
-  put in a random order (a stateless permutation keyed by the block's position, so every
-  epoch mixes differently) and its columns unpacked by name; then re-cut into batches and
-  prefetched. A record can move anywhere within its block, and its block several blocks:
+  packed columns, `trainer.preprocessing.transformed_layout`, unpacked by name; blocks in
+  parallel) and its records put in a random order (a stateless permutation keyed by the
+  block's position, so every epoch mixes differently); then re-cut into batches and
+  prefetched (`block_shuffle`). A record can move anywhere within its block, and its block several blocks:
   mixing on the scale of the 10,000-record shuffle buffer this replaced, at about 60% of its
   input cost per example (the input alone, docs/performance.md).
   Evaluation input (`shuffle=False`): the files one after another in name order, batched
@@ -337,21 +359,10 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
     dataset = dataset.shuffle(len(files), seed=seed)
   dataset = tf.data.TFRecordDataset(dataset, compression_type=compression).repeat()
   if shuffle:
-    block = max(SHUFFLE_BLOCK, batch_size)
-
-    def parse_and_permute(position, serialized):
-      order = tf.random.experimental.stateless_shuffle(
-          tf.range(block), seed=tf.stack([tf.constant(seed, tf.int64), position]))
-      columns = tf.io.parse_example(serialized, spec)
-      return unpack_transformed(
-          config, {name: tf.gather(values, order) for name, values in columns.items()})
-
-    dataset = (dataset.batch(block, drop_remainder=True)
-               .shuffle(SHUFFLE_BLOCKS, seed=seed)
-               .enumerate()
-               .map(parse_and_permute, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .rebatch(batch_size, drop_remainder=True)
-               .map(features_and_labels))
+    dataset = block_shuffle(
+        dataset, lambda serialized: unpack_transformed(config,
+                                                       tf.io.parse_example(serialized, spec)),
+        seed, batch_size).map(features_and_labels)
   else:
     dataset = (dataset.batch(batch_size, drop_remainder=True)
                .map(lambda serialized: features_and_labels(
