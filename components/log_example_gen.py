@@ -32,9 +32,14 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
 Train/eval are split by a hash of the config's split key (`partition_feature_name`), so a user
 is never in both splits.
 
-Daily partitions: with `{SPAN}` or `{YYYY}-{MM}-{DD}` in the file pattern, TFX's driver (local
-or Kubeflow) resolves the latest span as usual; the executor then reads that span and the
-`data.window_spans - 1` spans before it (missing days are allowed), so each scheduled run trains
+Daily partitions: with `{SPAN}` or `{YYYY}-{MM}-{DD}` in the file pattern, the latest span is
+resolved as TFX's ExampleGen driver does (span, version, input fingerprint, and the pattern
+with the span filled in). Locally and on Vertex AI Pipelines the driver runs before the
+executor; open-source Kubeflow Pipelines runs no driver (TFX compiles it as the container's
+`lifecycle.preCacheCheck` hook, which that backend never runs), so when the execution
+properties hold no span the executor resolves it itself, with TFX's own input processor
+(`resolve_input`), and records it on the examples artifact as the driver would. The executor
+then reads that span and the `data.window_spans - 1` spans before it (missing days are allowed), so each scheduled run trains
 on a rolling window of the most recent days. The spans read are recorded on the quarantine
 artifact (`spans`) and in `counts.json`. (TFX's own ExampleGen reads one span per execution and
 leaves windows to Resolver nodes, which open-source Kubeflow Pipelines does not run.)
@@ -51,6 +56,7 @@ import math
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from absl import logging
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io import iobase
@@ -60,21 +66,23 @@ from apache_beam.io.filesystems import FileSystems
 import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import driver as example_gen_driver
+from tfx.components.example_gen import input_processor
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen import write_split
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact as artifact_lib
+from tfx.proto import range_config_pb2
 from tfx.types import artifact_utils
 from tfx.types import component_spec
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs
-from tfx.types import system_artifacts
 from tfx.utils import proto_utils
 
 from components import spill
+from components.artifacts import QuarantinedRecords
 from components.records import (RecordError, known_fields, parse_line_with_unknown_fields,
                                 quarantine_entry)
 from pipeline.config import PipelineConfig, span_specs
@@ -107,12 +115,6 @@ UNREADABLE_FILE = 'unreadable_file'
 # counts.json lists at most this many unknown field names (the most frequent) and empty files.
 MAX_LISTED = 100
 _MAX_FIELD_NAME_CHARS = 200
-
-
-class QuarantinedRecords(artifact_lib.Artifact):
-  """Log lines that could not become examples: JSON lines of reason, file, line number, raw."""
-  TYPE_NAME = 'mtl.QuarantinedRecords'  # KFP v2 wants <namespace>.<Name> for custom types
-  TYPE_ANNOTATION = system_artifacts.Dataset
 
 
 class LogExampleGenSpec(component_spec.ComponentSpec):
@@ -464,6 +466,47 @@ def read_quarantined(quarantine_uri: str) -> List[Dict[str, Any]]:
   return records
 
 
+def resolve_input(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+  """The execution properties with the latest span, its version, the input fingerprint and
+  the resolved split pattern, computed as TFX's ExampleGen driver computes them
+  (tfx/orchestration/kubeflow/v2/file_based_example_gen/driver.py), unless a driver already
+  did (then `span` is set; on Vertex it arrives as a float, so it is made an int here).
+
+  Raises RuntimeError naming the input base and the pattern when no file matches.
+  """
+  span_key = example_gen_utils.SPAN_PROPERTY_NAME
+  version_key = example_gen_utils.VERSION_PROPERTY_NAME
+  if exec_properties.get(span_key) is not None:
+    version = exec_properties.get(version_key)
+    return dict(exec_properties, **{
+        span_key: int(exec_properties[span_key]),
+        version_key: None if version is None else int(version)})
+  input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+  input_config = example_gen_pb2.Input()
+  proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                            input_config)
+  range_config = None
+  if exec_properties.get(standard_component_specs.RANGE_CONFIG_KEY):
+    range_config = range_config_pb2.RangeConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.RANGE_CONFIG_KEY],
+                              range_config)
+  processor = input_processor.FileBasedInputProcessor(input_base, input_config.splits,
+                                                      range_config)
+  try:
+    span, version = processor.resolve_span_and_version()
+  except ValueError as e:
+    patterns = ', '.join(os.path.join(input_base, s.pattern) for s in input_config.splits)
+    raise RuntimeError(f'No log partition matches {patterns}: {e}') from e
+  fingerprint = processor.get_input_fingerprint(span, version)
+  for split in input_config.splits:
+    split.pattern = processor.get_pattern_for_span_version(split.pattern, span, version)
+  logging.info('Resolved span %s, version %s of %s (no driver ran)', span, version, input_base)
+  return dict(exec_properties, **{
+      span_key: span, version_key: version,
+      example_gen_utils.FINGERPRINT_PROPERTY_NAME: fingerprint,
+      standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(input_config)})
+
+
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
   """ExampleGen executor for JSON-lines logs with a quarantine output."""
 
@@ -474,8 +517,11 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
     self._log_startup(input_dict, output_dict, exec_properties)
+    exec_properties = resolve_input(exec_properties)
     quarantine = output_dict[QUARANTINE_KEY][0]
     examples = output_dict[standard_component_specs.EXAMPLES_KEY]
+    example_gen_driver.update_output_artifact(
+        exec_properties, artifact_utils.get_single_instance(examples).mlmd_artifact)
     spill_uri = os.path.join(artifact_utils.get_single_uri(examples), SPILL_DIR)
     exec_properties = dict(exec_properties, **{
         _QUARANTINE_URI: quarantine.uri,

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.components.evaluator.component import Evaluator
 from tfx.dsl.components.base import base_beam_component
@@ -109,6 +110,15 @@ class Executor(evaluator_executor.Executor):
     finally:
       if temp_dir:
         shutil.rmtree(temp_dir, ignore_errors=True)
+    baseline_id_key = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
+    if version is not None and baseline_id_key in blessing.mlmd_artifact.custom_properties:
+      # TFX records the baseline's ML Metadata id, and its Kubeflow entrypoint turns ids into
+      # artifact names (`refactor_model_blessing`): the served copy is no MLMD artifact (id 0,
+      # a KeyError there). The version and path above say which model was the baseline.
+      del blessing.mlmd_artifact.custom_properties[baseline_id_key]
+      # and its URI is that of the temporary copy, gone by now: name the served one.
+      blessing.set_string_custom_property(
+          evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, served_path)
     count = int(exec_properties.get(SAMPLE_EXAMPLES_KEY) or 0)
     if count:
       self._write_sample_predictions(input_dict, exec_properties, evaluation.uri, count)

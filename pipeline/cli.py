@@ -111,32 +111,31 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
-  path = kubeflow_runner.compile_pipeline(load_config(args.config), args.output)
+  from pipeline.kubeflow import compiler  # pylint: disable=g-import-not-at-top
+  path = compiler.compile_pipeline(load_config(args.config), args.output)
   print(f'wrote the Kubeflow Pipelines v2 spec to {path}')
   return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
-  result = kubeflow_runner.submit(load_config(args.config), args.host, args.experiment)
+  from pipeline.kubeflow import client  # pylint: disable=g-import-not-at-top
+  result = client.submit(load_config(args.config), args.host, args.experiment)
   print(f'run {result["run_id"]} started: {result["url"]}')
   return 0
 
 
 def _schedule(args: argparse.Namespace) -> int:
-  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
+  from pipeline.kubeflow import client  # pylint: disable=g-import-not-at-top
   # schedule() checks the cron expression before anything is compiled or sent.
-  result = kubeflow_runner.schedule(load_config(args.config), args.host, args.cron,
-                                    args.experiment)
+  result = client.schedule(load_config(args.config), args.host, args.cron, args.experiment)
   print(f'recurring run {result["recurring_run_id"]} created ({args.cron}, at most one run '
         'at a time, no catch-up)')
   return 0
 
 
 def _unschedule(args: argparse.Namespace) -> int:
-  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
-  deleted = kubeflow_runner.unschedule(load_config(args.config), args.host)
+  from pipeline.kubeflow import client  # pylint: disable=g-import-not-at-top
+  deleted = client.unschedule(load_config(args.config), args.host)
   print(f'deleted {deleted} recurring run(s)')
   return 0
 
@@ -260,7 +259,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'mtlp: config error: {e}', file=sys.stderr)
     return 2
   except RuntimeError as e:
-    from pipeline.kubeflow_runner import KubeflowError  # pylint: disable=g-import-not-at-top
+    from pipeline.kubeflow.client import KubeflowError  # pylint: disable=g-import-not-at-top
     if args.verbose or not isinstance(e, KubeflowError):
       raise
     print(f'mtlp: {e}', file=sys.stderr)

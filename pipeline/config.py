@@ -189,6 +189,10 @@ class KubeflowConfig:
   image: str = 'mtl-pipeline:latest'       # the pipeline image (deploy/Dockerfile)
   pipeline_root: str = 'gs://CHANGE-ME/mtl-pipeline'
   experiment: str = 'mtl-pipeline'
+  # Where steps keep what outlives a run and is not an artifact (each span's validated
+  # statistics, for the drift check), opened with tf.io.gfile: gs:// or a mounted path.
+  # Default: <pipeline_root>/state, which needs a gs:// pipeline root.
+  state_dir: Optional[str] = None
   # How the Trainer step trains: `pod` (in its own pod, with training.workers processes) or
   # `tfjob` (a Kubeflow Training Operator TFJob of training.workers pods, each running the
   # Trainer's executor; the operator sets TF_CONFIG).
@@ -581,6 +585,8 @@ _DNS_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')
 def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
   if key == 'trainer':
     return _choice(value, path, KUBEFLOW_TRAINERS)
+  if key == 'state_dir':
+    return _optional_string(value, path)
   if key in ('namespace', 'service_account'):
     if value is None:
       return None

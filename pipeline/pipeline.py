@@ -124,10 +124,10 @@ def push_base_directory(config: PipelineConfig) -> str:
   return os.path.join(config.serving.push_dir, config.serving.model_name)
 
 
-def statistics_history_dir(config: PipelineConfig, pipeline_root: str) -> str:
+def statistics_history_dir(config: PipelineConfig, state_dir: str) -> str:
   """Where the validator keeps each span's validated statistics, for the next span's drift
   check (a path, so it works without a Resolver on Kubeflow too)."""
-  return os.path.join(pipeline_root, 'statistics_history', config.name)
+  return os.path.join(state_dir, 'statistics_history', config.name)
 
 
 def create_pipeline(
@@ -136,8 +136,13 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
+    state_dir: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
-  """Builds the multi-task training pipeline from a validated config."""
+  """Builds the multi-task training pipeline from a validated config.
+
+  `state_dir` (default: the pipeline root) holds what steps keep across runs outside their
+  artifacts: each span's validated statistics.
+  """
   config_json = config.to_json()
   data_config_json = config.data_view().to_json()
   example_gen = LogExampleGen(input_base=config.data.input_base, config=config)
@@ -154,7 +159,7 @@ def create_pipeline(
       drift_thresholds={f.name: f.max_drift for f in config.features if f.max_drift},
       skew_thresholds={f.name: f.max_skew for f in config.features if f.max_skew},
       accept_anomalies=list(config.data.accept_anomalies),
-      statistics_history_dir=statistics_history_dir(config, pipeline_root))
+      statistics_history_dir=statistics_history_dir(config, state_dir or pipeline_root))
   # Transform computes no statistics of its own: the raw ones would repeat StatisticsGen's, and
   # in TFX 1.16 the transformed ones wait on a side input after a Flatten of the splits, which
   # the local DirectRunner holds whole in memory (docs/performance.md).

@@ -19,7 +19,9 @@ from conftest import REPO, SAMPLE_CONFIG, sample_config
 from pipeline import cli
 from pipeline.beam_args import beam_pipeline_args
 from pipeline.config import BeamConfig, ConfigError, parse_config
-from pipeline.kubeflow_runner import compile_pipeline, create_kubeflow_pipeline
+from pipeline.kubeflow import client as kfp_client
+from pipeline.kubeflow.compiler import (ENTRYPOINT, SpecError, check_spec, compile_pipeline,
+                                       create_kubeflow_pipeline)
 from pipeline.local_runner import make_beam_args  # the local runner's own choice
 from pipeline.pipeline import create_pipeline
 
@@ -53,8 +55,7 @@ def test_every_component_runs_in_the_pipeline_image(compiled):
   for name, executor in executors.items():
     container = executor['container']
     assert container['image'] == IMAGE, name
-    assert container['command'][:3] == [
-        'python', '-m', 'tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor']
+    assert container['command'] == ENTRYPOINT
   assert executors['LogExampleGen_executor']['container']['args'][1] == (
       'components.log_example_gen.Executor')
   assert 'resolver' not in json.dumps(spec).lower()
@@ -70,14 +71,14 @@ def test_evaluator_finds_the_served_baseline_itself(compiled):
   assert executors['Pusher_executor']['container']['args'][1] == (
       'components.serving_pusher.Executor')
   tasks = spec['root']['dag']['tasks']
-  evaluator = {n: p['runtimeValue']['constantValue']
+  evaluator = {n: p['runtimeValue']['constant']
                for n, p in tasks['Evaluator']['inputs']['parameters'].items()}
-  assert evaluator['push_dir'] == {'stringValue': config.serving.push_dir}
-  assert evaluator['model_name'] == {'stringValue': config.serving.model_name}
+  assert evaluator['push_dir'] == config.serving.push_dir
+  assert evaluator['model_name'] == config.serving.model_name
   assert 'baseline_model' not in tasks['Evaluator']['inputs'].get('artifacts', {})
-  pusher = {n: p['runtimeValue']['constantValue']
+  pusher = {n: p['runtimeValue']['constant']
             for n, p in tasks['Pusher']['inputs']['parameters'].items()}
-  assert pusher['keep_versions'] == {'intValue': str(config.serving.keep_versions)}
+  assert pusher['keep_versions'] == config.serving.keep_versions
   assert set(tasks['Pusher']['inputs']['artifacts']) == {'model', 'model_blessing',
                                                          'evaluation'}
 
@@ -85,9 +86,9 @@ def test_evaluator_finds_the_served_baseline_itself(compiled):
 def test_span_window_parameters_are_in_the_spec(compiled):
   config, _, spec = compiled
   params = spec['root']['dag']['tasks']['LogExampleGen']['inputs']['parameters']
-  constant = {name: p['runtimeValue']['constantValue'] for name, p in params.items()}
-  assert constant['window_spans'] == {'intValue': str(config.data.window_spans)}
-  assert constant['span_pattern'] == {'stringValue': 'day={YYYY}-{MM}-{DD}/*.jsonl*'}
+  constant = {name: p['runtimeValue']['constant'] for name, p in params.items()}
+  assert constant['window_spans'] == config.data.window_spans
+  assert constant['span_pattern'] == 'day={YYYY}-{MM}-{DD}/*.jsonl*'
 
 
 def test_beam_components_get_the_configured_beam_args(compiled):
@@ -95,7 +96,7 @@ def test_beam_components_get_the_configured_beam_args(compiled):
   executors = spec['deploymentSpec']['executors']
   for name in ('LogExampleGen', 'StatisticsGen', 'Transform', 'Evaluator'):
     args = executors[f'{name}_executor']['container']['args']
-    assert args[4:] == beam_pipeline_args(config.beam, image=IMAGE), name
+    assert args[6:] == beam_pipeline_args(config.beam, image=IMAGE), name
 
 
 def test_dag_matches_the_golden_description(compiled):
@@ -288,24 +289,23 @@ class _RecordingClient:
 
 
 def test_submit_uploads_a_new_version_of_an_existing_pipeline(monkeypatch):
-  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
   client = _RecordingClient(existing_pipeline='p-0')
-  monkeypatch.setattr(kubeflow_runner, '_client', lambda host: client)
-  result = kubeflow_runner.submit(sample_config(), 'http://kfp:8080', version_name='v')
+  monkeypatch.setattr(kfp_client, '_client', lambda host: client)
+  result = kfp_client.submit(sample_config(), 'http://kfp:8080', version_name='v')
   assert result == {'pipeline_id': 'p-0', 'version_id': 'v-2', 'run_id': 'r-1',
                     'url': 'http://kfp:8080/#/runs/details/r-1'}
   names = [c[0] for c in client.calls]
   assert names == ['get_pipeline_id', 'upload_pipeline_version', 'create_experiment',
                    'run_pipeline']
-  assert client.calls[3][2] == {'pipeline_id': 'p-0', 'version_id': 'v-2'}
+  assert client.calls[3][2] == {'pipeline_id': 'p-0', 'version_id': 'v-2',
+                                'pipeline_root': sample_config().kubeflow.pipeline_root}
 
 
 def test_schedule_creates_one_recurring_run_without_catch_up(monkeypatch):
-  from pipeline import kubeflow_runner  # pylint: disable=g-import-not-at-top
   client = _RecordingClient(existing_pipeline=None)
-  monkeypatch.setattr(kubeflow_runner, '_client', lambda host: client)
+  monkeypatch.setattr(kfp_client, '_client', lambda host: client)
   config = sample_config()
-  result = kubeflow_runner.schedule(config, 'http://kfp:8080', '0 0 3 * * *')
+  result = kfp_client.schedule(config, 'http://kfp:8080', '0 0 3 * * *')
   assert result['recurring_run_id'] == 'j-1'
   assert [c[0] for c in client.calls] == ['get_pipeline_id', 'upload_pipeline',
                                           'list_pipeline_versions', 'create_experiment',
@@ -313,7 +313,8 @@ def test_schedule_creates_one_recurring_run_without_catch_up(monkeypatch):
   _, (experiment_id, job_name), kwargs = client.calls[-1]
   assert (experiment_id, job_name) == ('e-1', f'{config.name}-scheduled')
   assert kwargs == {'cron_expression': '0 0 3 * * *', 'max_concurrency': 1,
-                    'no_catchup': True, 'pipeline_id': 'p-1', 'version_id': 'v-1'}
+                    'no_catchup': True, 'pipeline_id': 'p-1', 'version_id': 'v-1',
+                    'pipeline_root': config.kubeflow.pipeline_root}
 
 
 def test_trainer_step_can_train_as_a_tfjob_with_the_same_graph(tmp_path):
@@ -331,8 +332,81 @@ def test_trainer_step_can_train_as_a_tfjob_with_the_same_graph(tmp_path):
   assert trainer['image'] == IMAGE
   assert trainer['args'][1] == 'components.distributed_trainer.Executor'
   parameters = spec['root']['dag']['tasks']['Trainer']['inputs']['parameters']
-  custom_config = json.loads(parameters['custom_config']['runtimeValue']['constantValue'][
-      'stringValue'])
+  custom_config = json.loads(parameters['custom_config']['runtimeValue']['constant'])
   received = json.loads(custom_config['pipeline_config'])
   assert received['kubeflow']['trainer'] == 'tfjob' and received['training']['workers'] == 4
   assert received['kubeflow']['worker_memory'] == '16Gi'
+
+
+# ---- what the Kubeflow Pipelines backend accepts (executed in test_kubeflow_run.py) --------
+
+def test_spec_is_schema_2_1_with_constant_parameters(compiled):
+  _, _, spec = compiled
+  assert spec['schemaVersion'] == '2.1.0'
+  for name, task in spec['root']['dag']['tasks'].items():
+    for parameter, value in task.get('inputs', {}).get('parameters', {}).items():
+      assert set(value['runtimeValue']) == {'constant'}, (name, parameter)
+  check_spec(spec)
+
+
+def test_only_log_example_gen_is_kept_out_of_the_cache(compiled):
+  """KFP's cache key holds LogExampleGen's parameters and image, which do not change from one
+  day to the next: it would be a cache hit of yesterday's ingestion."""
+  _, _, spec = compiled
+  caching = {name: task['cachingOptions']['enableCache']
+             for name, task in spec['root']['dag']['tasks'].items()}
+  assert caching.pop('LogExampleGen') is False
+  assert set(caching.values()) == {True}
+
+
+def test_a_spec_the_api_server_would_refuse_is_not_uploaded(compiled, tmp_path):
+  config, path, spec = compiled
+  old = tmp_path / 'old.yaml'
+  old.write_text(yaml.safe_dump(dict(spec, schemaVersion='2.0.0')))
+  client = _RecordingClient()
+  with pytest.raises(kfp_client.KubeflowError, match="schema version '2.0.0'.*only 2.1.0"):
+    kfp_client.upload(client, config, str(old), 'v')
+  assert client.calls == []
+  with pytest.raises(SpecError, match='constantValue'):
+    legacy = json.loads(json.dumps(spec))
+    legacy['root']['dag']['tasks']['Pusher']['inputs']['parameters']['model_name'] = {
+        'runtimeValue': {'constantValue': {'stringValue': 'm'}}}
+    check_spec(legacy)
+  kfp_client.upload(client, config, path, 'v')
+  assert client.calls[0][0] == 'get_pipeline_id'
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'kubeflow': {'pipeline_root': '/data/root'}},
+     r"kubeflow.pipeline_root: '/data/root' is not object storage"),
+    ({'kubeflow': {'pipeline_root': 'minio://mlpipeline/v2/artifacts'}},
+     r"kubeflow.state_dir: 'minio://mlpipeline/v2/artifacts/state' .*: set kubeflow.state_dir$"),
+    ({'kubeflow': {'pipeline_root': 'gs://b/root'}, 'serving': {'push_dir': 's3://b/serving'}},
+     r"serving.push_dir: 's3://b/serving' is opened by the steps themselves"),
+    ({'kubeflow': {'pipeline_root': 's3://b/root', 'state_dir': '/mnt/state'},
+      'beam': {'runner': 'dataflow', 'project': 'p', 'region': 'r', 'temp_location': 'gs://t'}},
+     r"kubeflow.pipeline_root: 's3://b/root' reaches the steps only through local copies.*"
+     r"beam.runner"),
+])
+def test_storage_the_steps_cannot_reach_is_refused_naming_the_key(overrides, message, tmp_path):
+  with pytest.raises(ConfigError, match=message):
+    compile_pipeline(sample_config(**overrides), str(tmp_path / 'p.yaml'))
+
+
+def test_custom_artifact_type_is_a_kfp_title_and_an_importable_class():
+  from components import QuarantinedRecords  # pylint: disable=g-import-not-at-top
+  from tfx.orchestration.kubeflow.v2 import compiler_utils  # pylint: disable=g-import-not-at-top
+  from tfx.utils import import_utils  # pylint: disable=g-import-not-at-top
+  title = QuarantinedRecords.TYPE_NAME
+  assert compiler_utils._SCHEMA_TITLE_RE.match(title)  # pylint: disable=protected-access
+  assert import_utils.import_class_by_path(title) is QuarantinedRecords
+
+
+def test_entrypoint_maps_mounted_uris_both_ways_and_leaves_gs_alone():
+  from pipeline.kubeflow import entrypoint  # pylint: disable=g-import-not-at-top
+  for uri, local in [('minio://mlpipeline/v2/a/b', '/minio/mlpipeline/v2/a/b'),
+                     ('s3://bucket/a', '/s3/bucket/a')]:
+    assert entrypoint.local_path(uri, '/') == local
+    assert entrypoint.remote_uri(local, '/') == uri
+  assert entrypoint.local_path('gs://bucket/a', '/') == ''
+  assert entrypoint.remote_uri('/data/a', '/') == '/data/a'

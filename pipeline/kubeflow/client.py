@@ -1,14 +1,9 @@
-"""Kubeflow Pipelines: compile the pipeline to a KFP v2 spec, submit runs, schedule them.
+"""Kubeflow Pipelines API: upload the compiled spec, start runs, schedule them.
 
-The Kubeflow pipeline is `create_pipeline(config, ...)`, the same definition the local runner
-runs. What differs between the two orchestrators is only this list (`RUNNER_DIFFERENCES`):
-
-- pipeline_root: `kubeflow.pipeline_root` (object storage the cluster reaches) instead of the
-  local run directory;
-- metadata: the cluster's ML Metadata, configured by KFP, instead of a SQLite file;
-- image: every component runs in `kubeflow.image` (deploy/Dockerfile);
-- Beam: `beam_pipeline_args` from the config's `beam` preset, with the pipeline image as the
-  SDK worker image where the runner needs one.
+Every run (one-off or recurring) is given `kubeflow.pipeline_root`: the spec holds no pipeline
+root, and without one the backend uses its default (`minio://mlpipeline/v2/artifacts` in the
+standard manifests). The spec is checked (`compiler.check_spec`: schema 2.1.0, no deprecated
+parameter form) before anything is uploaded.
 
 Errors from the KFP API (unreachable host, refused credentials, rejected requests) and bad
 cron expressions surface as `KubeflowError`, one line each.
@@ -24,46 +19,20 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import tempfile
+import os
 from typing import Any, Dict, Optional
 
-from pipeline.beam_args import beam_pipeline_args
-from pipeline.config import PipelineConfig
-from pipeline.pipeline import create_pipeline
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.kubeflow import compiler
 
-RUNNER_DIFFERENCES = ('pipeline_root', 'metadata_connection_config', 'image',
-                      'beam_pipeline_args')
 # KFP's cron has six fields, seconds first: "0 0 3 * * *" is 03:00:00 every day.
 _CRON_FIELD = re.compile(r'^[0-9A-Za-z*/,\-?LW#]+$')
 
 
 class KubeflowError(RuntimeError):
   """A one-line, user-facing error from compiling, submitting or scheduling."""
-
-
-def create_kubeflow_pipeline(config: PipelineConfig):
-  """The shared pipeline with the Kubeflow choices of RUNNER_DIFFERENCES applied."""
-  return create_pipeline(
-      config,
-      pipeline_root=config.kubeflow.pipeline_root,
-      metadata_connection_config=None,
-      beam_pipeline_args=beam_pipeline_args(config.beam, image=config.kubeflow.image))
-
-
-def compile_pipeline(config: PipelineConfig, output_path: str) -> str:
-  """Writes the KFP v2 pipeline spec (YAML for a .yaml/.yml path) and returns its path."""
-  from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner  # pylint: disable=g-import-not-at-top
-  output_path = os.path.abspath(output_path)
-  os.makedirs(os.path.dirname(output_path), exist_ok=True)
-  runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-      config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
-          display_name=config.name, default_image=config.kubeflow.image),
-      output_dir=os.path.dirname(output_path),
-      output_filename=os.path.basename(output_path))
-  runner.run(create_kubeflow_pipeline(config))
-  return output_path
 
 
 def check_cron(cron: str) -> str:
@@ -122,9 +91,13 @@ def _call(host: str, fn, *args, **kwargs):
     raise KubeflowError(describe_error(e, host)) from e
 
 
-def _upload(client, config: PipelineConfig, package_path: str, version_name: str
+def upload(client, config: PipelineConfig, package_path: str, version_name: str
             ) -> Dict[str, str]:
   """Uploads the spec as a new pipeline, or a new version of the existing one."""
+  try:
+    compiler.check_spec(compiler.load_spec(package_path))
+  except compiler.SpecError as e:
+    raise KubeflowError(f'{package_path}: {e}') from None
   pipeline_id = client.get_pipeline_id(config.name)
   if pipeline_id is None:
     # A new pipeline comes with its first version: the one just uploaded.
@@ -144,8 +117,11 @@ def _version_stamp() -> str:
 
 def _compile_and_upload(client, config: PipelineConfig, version_name: str) -> Dict[str, str]:
   with tempfile.TemporaryDirectory() as tmp:
-    path = compile_pipeline(config, os.path.join(tmp, 'pipeline.yaml'))
-    return _upload(client, config, path, version_name)
+    try:
+      path = compiler.compile_pipeline(config, os.path.join(tmp, 'pipeline.yaml'))
+    except ConfigError as e:
+      raise KubeflowError(str(e)) from None
+    return upload(client, config, path, version_name)
 
 
 def submit(config: PipelineConfig, host: str, experiment: Optional[str] = None,
@@ -157,7 +133,8 @@ def submit(config: PipelineConfig, host: str, experiment: Optional[str] = None,
     ids = _compile_and_upload(client, config, stamp)
     exp = client.create_experiment(experiment or config.kubeflow.experiment)
     run = client.run_pipeline(exp.experiment_id, f'{config.name}-{stamp}',
-                              pipeline_id=ids['pipeline_id'], version_id=ids['version_id'])
+                              pipeline_id=ids['pipeline_id'], version_id=ids['version_id'],
+                              pipeline_root=config.kubeflow.pipeline_root)
     return dict(ids, run_id=run.run_id, url=f'{host.rstrip("/")}/#/runs/details/{run.run_id}')
   return _call(host, go)
 
@@ -174,7 +151,7 @@ def schedule(config: PipelineConfig, host: str, cron: str,
     job = client.create_recurring_run(
         exp.experiment_id, recurring_run_name(config), cron_expression=cron,
         max_concurrency=1, no_catchup=True, pipeline_id=ids['pipeline_id'],
-        version_id=ids['version_id'])
+        version_id=ids['version_id'], pipeline_root=config.kubeflow.pipeline_root)
     return dict(ids, recurring_run_id=job.recurring_run_id, cron=cron)
   return _call(host, go)
 
