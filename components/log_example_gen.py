@@ -39,8 +39,8 @@ executor; open-source Kubeflow Pipelines runs no driver (TFX compiles it as the 
 `lifecycle.preCacheCheck` hook, which that backend never runs), so when the execution
 properties hold no span the executor resolves it itself, with TFX's own input processor
 (`resolve_input`), and records it on the examples artifact as the driver would. The executor
-then reads that span and the `data.window_spans - 1` spans before it (missing days are allowed), so each scheduled run trains
-on a rolling window of the most recent days. The spans read are recorded on the quarantine
+then reads that span and the `data.window_spans - 1` spans before it (missing days are
+allowed), so each scheduled run trains on a rolling window of the most recent days. The spans read are recorded on the quarantine
 artifact (`spans`) and in `counts.json`. (TFX's own ExampleGen reads one span per execution and
 leaves windows to Resolver nodes, which open-source Kubeflow Pipelines does not run.)
 """

@@ -410,3 +410,55 @@ def test_entrypoint_maps_mounted_uris_both_ways_and_leaves_gs_alone():
     assert entrypoint.remote_uri(local, '/') == uri
   assert entrypoint.local_path('gs://bucket/a', '/') == ''
   assert entrypoint.remote_uri('/data/a', '/') == '/data/a'
+
+
+def test_log_example_gen_resolves_the_span_as_tfx_driver_does(tmp_path):
+  """Open-source KFP runs no ExampleGen driver; the executor's own resolution must match it."""
+  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+  from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
+  from tfx.orchestration.kubeflow.v2.file_based_example_gen import driver  # pylint: disable=g-import-not-at-top
+  from tfx.components.example_gen.utils import date_to_span_number  # pylint: disable=g-import-not-at-top
+  from components.log_example_gen import resolve_input  # pylint: disable=g-import-not-at-top
+  from pipeline.sample_logs import generate_logs  # pylint: disable=g-import-not-at-top
+  generate_logs(str(tmp_path / 'logs'), rows=40, days=3, seed=2)
+  input_config = json.dumps({'splits': [{'name': 'logs',
+                                         'pattern': 'day={YYYY}-{MM}-{DD}/*.jsonl*'}]})
+  properties = {'input_base': str(tmp_path / 'logs'), 'input_config': input_config}
+  output_file = tmp_path / 'driver' / 'output_metadata.json'
+  executor_input = json_format.ParseDict({
+      'inputs': {'parameterValues': properties},
+      'outputs': {'outputFile': str(output_file), 'artifacts': {'examples': {'artifacts': [{
+          'uri': str(tmp_path / 'examples'), 'type': {'schemaTitle': 'tfx.Examples'}}]}}}},
+      pipeline_spec_pb2.ExecutorInput())
+  inputs_spec = json_format.ParseDict(
+      {'parameters': {k: {'parameterType': 'STRING'} for k in properties}},
+      pipeline_spec_pb2.ComponentInputsSpec())
+  driver._run_driver(executor_input, inputs_spec)  # pylint: disable=protected-access
+  by_driver = json.loads(output_file.read_text())['parameterValues']
+  ours = resolve_input(dict(properties))
+  assert ours['span'] == by_driver['span'] == date_to_span_number(2026, 11, 3)
+  assert ours['input_fingerprint'] == by_driver['input_fingerprint']
+  assert 'version' not in by_driver and ours['version'] is None
+  assert json.loads(ours['input_config']) == json.loads(by_driver['input_config'])
+  assert 'day=2026-11-03' in ours['input_config']
+  # A driver's result (Vertex, local runs) is kept, its float span made an int.
+  assert resolve_input(dict(properties, **by_driver))['span'] == ours['span']
+  assert isinstance(resolve_input(dict(properties, **by_driver))['span'], int)
+
+
+def test_vertex_pipeline_job_takes_the_same_yaml(compiled):
+  """What a Vertex AI Pipelines user submits (docs/kubeflow.md): the SDK's PipelineJob built
+  from the compiled file, as it would be sent (no request is made)."""
+  from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
+  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
+  config, path, spec = compiled
+  job = aiplatform.PipelineJob(
+      display_name=config.name, template_path=path,
+      pipeline_root=config.kubeflow.pipeline_root, project='my-project',
+      location='us-central1', credentials=AnonymousCredentials())
+  request = job.to_dict()
+  assert request['runtimeConfig'] == {'gcsOutputDirectory': config.kubeflow.pipeline_root}
+  sent = request['pipelineSpec']
+  assert sent['schemaVersion'] == '2.1.0'
+  assert sent['root'] == spec['root']  # caching choices included: enable_caching left unset
+  assert sent['deploymentSpec'] == spec['deploymentSpec']
