@@ -85,7 +85,7 @@ from components import spill
 from components.artifacts import QuarantinedRecords
 from components.records import (RecordError, known_fields, parse_line_with_unknown_fields,
                                 quarantine_entry)
-from pipeline.config import PipelineConfig, span_specs
+from pipeline.config import SPLIT_BUCKETS, PipelineConfig, span_specs
 
 PIPELINE_CONFIG_KEY = 'pipeline_config'
 SPAN_PATTERN_KEY = 'span_pattern'
@@ -686,9 +686,10 @@ class LogExampleGen(FileBasedExampleGen):
     file_pattern = file_pattern or config.data.file_pattern
     input_config = example_gen_pb2.Input(splits=[
         example_gen_pb2.Input.Split(name='logs', pattern=file_pattern)])
-    eval_buckets = max(1, round(config.data.eval_fraction * 100))
+    eval_buckets = round(config.data.eval_fraction * SPLIT_BUCKETS)  # whole buckets (config)
     output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-        splits=[example_gen_pb2.SplitConfig.Split(name='train', hash_buckets=100 - eval_buckets),
+        splits=[example_gen_pb2.SplitConfig.Split(name='train',
+                                                  hash_buckets=SPLIT_BUCKETS - eval_buckets),
                 example_gen_pb2.SplitConfig.Split(name='eval', hash_buckets=eval_buckets)],
         partition_feature_name=config.data.split_key))
     spec = LogExampleGenSpec(

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides['data'] = {'input_base': os.path.abspath(args.logs)}
   if args.push_dir:
     overrides['serving'] = {'push_dir': os.path.abspath(args.push_dir)}
-  if args.train_steps:
+  if args.train_steps is not None:  # 0 is refused by the config's check, not ignored
     overrides['training'] = {'train_steps': args.train_steps}
   if overrides:
     config = config.with_overrides(**overrides)

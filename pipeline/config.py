@@ -49,6 +49,10 @@ DEFAULT_MAX_REGRESSION = {
 }
 
 
+# The train/eval split hashes the split key into this many buckets (components/log_example_gen.py).
+SPLIT_BUCKETS = 100
+
+
 class ConfigError(ValueError):
   """A config that cannot be used; the message names the key."""
 
@@ -383,7 +387,8 @@ def _parse_optimizer(raw: Any, path: str, default: OptimizerConfig) -> Optimizer
   if 'type' in raw:
     kwargs['type'] = _choice(raw['type'], f'{path}.type', OPTIMIZERS)
   if 'learning_rate' in raw:
-    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate', minimum=0.0)
+    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate', minimum=0.0,
+                                      exclusive_min=True)
   if 'schedule' in raw:
     kwargs['schedule'] = _choice(raw['schedule'], f'{path}.schedule', LR_SCHEDULES)
   if 'decay_rate' in raw:
@@ -483,7 +488,12 @@ def _parse_data_field(key: str, value: Any, path: str) -> Any:
       raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
     return value
   if key == 'eval_fraction':
-    return _number(value, path, minimum=0.0, maximum=0.9, exclusive_min=True)
+    fraction = _number(value, path, minimum=0.0, maximum=0.9, exclusive_min=True)
+    if abs(fraction * SPLIT_BUCKETS - round(fraction * SPLIT_BUCKETS)) > 1e-9:
+      raise ConfigError(f'{path}: {fraction} is not a whole percentage: the split hashes '
+                        f'data.split_key into {SPLIT_BUCKETS} buckets (use 0.01 to 0.9 in '
+                        'steps of 0.01)')
+    return fraction
   if key == 'max_rejected_fraction':
     return _number(value, path, minimum=0.0, maximum=1.0)
   if key == 'window_spans':
@@ -748,6 +758,25 @@ def _absolute(path: Optional[str], base_dir: str) -> Optional[str]:
   return os.path.normpath(os.path.join(base_dir, path))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+  """YAML's safe loader, refusing a key written twice in one mapping: YAML itself would keep
+  the last value and drop the first without a word."""
+
+  def construct_mapping(self, node, deep=False):
+    if isinstance(node, yaml.MappingNode):
+      seen = {}
+      for key_node, _ in node.value:
+        if key_node.tag == 'tag:yaml.org,2002:merge':
+          continue  # `<<:` merges may override on purpose
+        key = self.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, str) and key in seen:
+          raise ConfigError(f'duplicate key {key!r} on lines {seen[key]} and {line}: only '
+                            'the last would be kept')
+        seen[key] = line
+    return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str, base_dir: Optional[str] = None) -> PipelineConfig:
   """Reads and validates a YAML config file.
 
@@ -756,11 +785,13 @@ def load_config(path: str, base_dir: Optional[str] = None) -> PipelineConfig:
   """
   try:
     with open(path) as f:
-      raw = yaml.safe_load(f)
+      raw = yaml.load(f, Loader=_UniqueKeyLoader)  # a safe loader
   except FileNotFoundError:
     raise ConfigError(f'config file {path} does not exist') from None
   except yaml.YAMLError as e:
     raise ConfigError(f'{path}: not valid YAML: {e}') from None
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}') from None
   try:
     config = parse_config(raw)
   except ConfigError as e:

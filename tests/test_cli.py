@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, copy_e2e_run
+from conftest import REPO, SAMPLE_CONFIG, copy_e2e_run
 from pipeline import cli
 
 MTLP = os.path.join(os.path.dirname(sys.executable), 'mtlp')
@@ -40,6 +40,14 @@ def test_user_errors_give_one_line_and_exit_code_2(tmp_path):
   bad.write_text('name: x\nfeatures: []\n')
   result = _mtlp('validate-config', '--config', str(bad))
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_zero_train_steps_is_refused_not_ignored(tmp_path, capsys):
+  code = cli.main(['run', '--config', SAMPLE_CONFIG, '--train-steps', '0',
+                   '--output', str(tmp_path / 'run')])
+  assert code == 2
+  assert 'training.train_steps: 0 must be >= 1' in capsys.readouterr().err
+  assert not os.listdir(tmp_path)
 
 
 def test_run_shows_progress_and_summary_and_logs_the_rest(e2e_run, tmp_path):

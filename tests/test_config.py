@@ -47,6 +47,11 @@ def _error(raw) -> str:
     (lambda r: r['training'].update(learning_rate=0.1),
      'training.learning_rate: unknown key; allowed keys are'),
     (lambda r: r['data'].update(eval_fraction=0), 'data.eval_fraction: 0.0 must be > 0.0'),
+    (lambda r: r['data'].update(eval_fraction=0.001),
+     'data.eval_fraction: 0.001 is not a whole percentage: the split hashes data.split_key '
+     'into 100 buckets'),
+    (lambda r: r['training']['trunk_optimizer'].update(learning_rate=0),
+     'training.trunk_optimizer.learning_rate: 0.0 must be > 0.0'),
     (lambda r: r['data'].update(split_key='click'),
      "data.split_key: 'click' is a task label"),
     (lambda r: r['data'].pop('input_base'), 'data.input_base: required key is missing'),
@@ -98,6 +103,24 @@ def test_load_config_names_the_file(tmp_path):
   bad.write_text('name: x\ndata: [1, 2\n')
   with pytest.raises(ConfigError, match=f'{bad}: not valid YAML'):
     load_config(str(bad))
+
+
+def test_a_key_written_twice_is_refused_naming_it(tmp_path):
+  """YAML keeps the last of two equal keys silently; a config must not."""
+  with open(SAMPLE_CONFIG) as f:
+    lines = f.read().splitlines()
+  at = next(i for i, line in enumerate(lines) if line.strip().startswith('train_steps:'))
+  lines.insert(at + 1, lines[at].replace('400', '40'))
+  twice = tmp_path / 'twice.yaml'
+  twice.write_text('\n'.join(lines) + '\n')
+  with pytest.raises(ConfigError, match=f"{twice}: duplicate key 'train_steps' on lines "
+                                        f"{at + 1} and {at + 2}: only the last would be kept"):
+    load_config(str(twice))
+  anchors = tmp_path / 'anchors.yaml'  # a merge that overrides a key is not a duplicate
+  anchors.write_text('\n'.join(lines[:at + 1] + lines[at + 2:]) + '\n'
+                     'extra: {<<: {a: 1}, a: 2}\n')
+  with pytest.raises(ConfigError, match='extra: unknown key'):
+    load_config(str(anchors))
 
 
 def test_every_config_key_is_documented():
