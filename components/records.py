@@ -3,7 +3,8 @@
 This is the single place that decides how a log field is encoded, so ingestion, tests and
 clients building serving requests all produce the same examples:
 
-- categorical feature -> bytes feature (a string, or an integer written as its decimal string);
+- categorical feature -> bytes feature (a string, or an integer written as its decimal string;
+  an integral float such as `3.0` counts as that integer, `3.5` is refused);
 - numeric feature     -> float feature;
 - binary label        -> int64 feature, 0 or 1 (JSON true/false accepted);
 - regression label    -> float feature;
@@ -53,6 +54,8 @@ def _categorical(name: str, value: Any, max_bytes: Optional[int] = None) -> byte
     text = value
   elif isinstance(value, int) and not isinstance(value, bool):
     text = str(value)
+  elif isinstance(value, float) and value.is_integer():  # 3.0, as some writers emit 3
+    text = str(int(value))
   else:
     raise RecordError(f'bad_type:{name}',
                       f'{name} must be a string or an integer, got {json.dumps(value)}')

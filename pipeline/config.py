@@ -735,6 +735,10 @@ def parse_config(raw: Any) -> PipelineConfig:
   if data.split_key in {t.label for t in tasks}:
     raise ConfigError(f'data.split_key: {data.split_key!r} is a task label; split by an id '
                       'such as the user id')
+  if data.split_key in {f.name for f in features if f.type == 'numeric'}:
+    raise ConfigError(f'data.split_key: {data.split_key!r} is a numeric feature, which the '
+                      'split cannot hash (TFX hashes text or integer ids); split by an id such '
+                      'as the user id')
   beam = _section(raw, 'beam', BeamConfig, _parse_beam_field)
   _check_beam(beam)
   model = _section(raw, 'model', ModelConfig, _parse_model_field)

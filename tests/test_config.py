@@ -54,6 +54,8 @@ def _error(raw) -> str:
      'training.trunk_optimizer.learning_rate: 0.0 must be > 0.0'),
     (lambda r: r['data'].update(split_key='click'),
      "data.split_key: 'click' is a task label"),
+    (lambda r: r['data'].update(split_key='item_price'),
+     "data.split_key: 'item_price' is a numeric feature, which the split cannot hash"),
     (lambda r: r['data'].pop('input_base'), 'data.input_base: required key is missing'),
     (lambda r: r['tasks'][0].pop('label'), 'tasks[0].label: required key is missing'),
     (lambda r: r['tasks'][0]['thresholds'].update(rmse={'max': 1}),

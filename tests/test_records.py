@@ -30,6 +30,16 @@ def test_good_line_encodes_by_feature_type(sample_config_obj):
   assert 'impression_id' not in f  # fields the config does not name are ignored
 
 
+def test_integral_float_categorical_is_its_integer(sample_config_obj):
+  """Some writers emit 7 as 7.0; 7.5 is no category."""
+  example = parse_line(_line(hour=7.0, item_id=12.0), sample_config_obj)
+  assert example.features.feature['hour'].bytes_list.value == [b'7']
+  assert example.features.feature['item_id'].bytes_list.value == [b'12']
+  with pytest.raises(RecordError) as e:
+    parse_line(_line(hour=7.5), sample_config_obj)
+  assert e.value.reason == 'bad_type:hour' and 'got 7.5' in e.value.detail
+
+
 def test_without_labels_for_serving(sample_config_obj):
   example = record_to_example(GOOD, sample_config_obj, with_labels=False)
   assert 'click' not in example.features.feature
