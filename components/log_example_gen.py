@@ -180,6 +180,9 @@ def _open(metadata) -> _UntilError:
   return _UntilError(fileio.ReadableFile(metadata).open())  # other compressions by extension
 
 
+_UTF8_BOM = b'\xef\xbb\xbf'
+
+
 class _FileLines:
   """Iterates over the (line number, raw line) of a file's non-blank lines; afterwards says
   how many lines were blank and whether (and where) the file broke.
@@ -193,6 +196,7 @@ class _FileLines:
     self._metadata = metadata
     self.path = metadata.path
     self.line_number = self.records = self.blank = 0
+    self.bom = False  # the file started with a UTF-8 byte-order mark (stripped)
     self.partial = b''
     self.error: Optional[Exception] = None
 
@@ -205,6 +209,9 @@ class _FileLines:
             self.partial = line  # cut by the break: the start of a line, not a whole one
             break
           self.line_number += 1
+          if self.line_number == 1 and line.startswith(_UTF8_BOM):
+            line = line[len(_UTF8_BOM):]  # some Windows tools write one; it is no record
+            self.bom = True
           if line.strip():
             self.records += 1
             yield self.line_number, line
@@ -227,7 +234,7 @@ class _FingerprintLines(beam.DoFn):
   """First pass over a file: for each non-blank line, (bucket, fingerprint + line number +
   file) for `spill.GroupInBuckets` (the bucket is taken from the fingerprint, so all copies of a
   line meet in one bucket); plus, tagged `files`, one (span, file, non-blank lines, blank lines,
-  unreadable) summary per file, and, tagged `quarantine`, the break of a file that breaks
+  unreadable, byte-order mark) summary per file, and, tagged `quarantine`, the break of a file that breaks
   mid-way, as `unreadable_file` with the start of the broken line as its raw text.
   """
 
@@ -247,7 +254,7 @@ class _FingerprintLines(beam.DoFn):
           lines.partial, lines.path, lines.line_number + 1,
           RecordError(UNREADABLE_FILE, f'{type(lines.error).__name__}: {lines.error}')))
     yield beam.pvalue.TaggedOutput(_FILES_KEY, (span, lines.path, lines.records, lines.blank,
-                                                lines.error is not None))
+                                                lines.error is not None, lines.bom))
 
 
 def _earlier(a: Optional[Tuple[str, int]], b: Tuple[str, int]) -> Tuple[str, int]:
@@ -318,9 +325,11 @@ class _ParseLines(beam.DoFn):
         yield beam.pvalue.TaggedOutput(_UNKNOWN_KEY, name[:_MAX_FIELD_NAME_CHARS])
 
 
-def _file_counts(summary: Tuple[int, str, int, int, bool]):
-  span, path, records, blank, unreadable = summary
+def _file_counts(summary: Tuple[int, str, int, int, bool, bool]):
+  span, path, records, blank, unreadable, bom = summary
   yield ('files', ''), 1
+  if bom:
+    yield ('files_with_bom', ''), 1
   yield ('lines_by_span', str(span)), records
   if blank:
     yield ('blank_lines', ''), blank
@@ -392,6 +401,7 @@ def _counts_to_json(counts: Iterable[Tuple[Tuple[str, str], int]]) -> str:
       'num_empty_files': len(empty_files),
       'empty_files': empty_files[:MAX_LISTED],
       'num_blank_lines': by_kind['blank_lines'].get('', 0),
+      'num_files_with_bom': by_kind['files_with_bom'].get('', 0),
       'lines_by_span': {span: n for span, n in sorted(by_kind['lines_by_span'].items(),
                                                       key=lambda kv: int(kv[0]))},
   }, sort_keys=True)

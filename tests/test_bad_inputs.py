@@ -44,7 +44,7 @@ def _corpus_lines(name):
 
 
 def _user_of(raw: bytes) -> str:
-  return json.loads(raw.decode('utf-8', errors='replace'))['user_id']
+  return json.loads(raw.decode('utf-8-sig', errors='replace'))['user_id']  # BOM: utf8_bom.jsonl
 
 
 def _run_ingestion(config, output_dir):
@@ -288,6 +288,13 @@ def test_empty_partition_is_listed_not_an_error(ingested):
 def test_blank_lines_are_skipped_and_counted(ingested):
   _check_case(ingested, 'blank_lines.jsonl', {})
   assert ingested['counts']['num_blank_lines'] == 2
+
+
+def test_utf8_byte_order_mark_is_stripped_and_counted(ingested):
+  """A file written with a UTF-8 byte-order mark: its first line is a record like any other."""
+  _check_case(ingested, 'utf8_bom.jsonl', {})
+  assert ingested['users']['corpus-bom-1'] == 1 and ingested['users']['corpus-bom-2'] == 1
+  assert ingested['counts']['num_files_with_bom'] == 1
 
 
 def test_every_line_is_ingested_or_quarantined(ingested):
