@@ -387,8 +387,8 @@ def _parse_optimizer(raw: Any, path: str, default: OptimizerConfig) -> Optimizer
   if 'type' in raw:
     kwargs['type'] = _choice(raw['type'], f'{path}.type', OPTIMIZERS)
   if 'learning_rate' in raw:
-    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate', minimum=0.0,
-                                      exclusive_min=True)
+    # 0 is allowed: it freezes the group (e.g. one task's head) while the others train.
+    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate', minimum=0.0)
   if 'schedule' in raw:
     kwargs['schedule'] = _choice(raw['schedule'], f'{path}.schedule', LR_SCHEDULES)
   if 'decay_rate' in raw:

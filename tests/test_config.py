@@ -50,8 +50,8 @@ def _error(raw) -> str:
     (lambda r: r['data'].update(eval_fraction=0.001),
      'data.eval_fraction: 0.001 is not a whole percentage: the split hashes data.split_key '
      'into 100 buckets'),
-    (lambda r: r['training']['trunk_optimizer'].update(learning_rate=0),
-     'training.trunk_optimizer.learning_rate: 0.0 must be > 0.0'),
+    (lambda r: r['training']['trunk_optimizer'].update(learning_rate=-0.1),
+     'training.trunk_optimizer.learning_rate: -0.1 must be >= 0.0'),
     (lambda r: r['data'].update(split_key='click'),
      "data.split_key: 'click' is a task label"),
     (lambda r: r['data'].update(split_key='item_price'),

@@ -206,3 +206,23 @@ def test_no_matching_partition_fails_in_log_example_gen_naming_the_pattern(tmp_p
   pattern = os.path.join(config.data.input_base, config.data.file_pattern)
   assert f'No log partition matches {pattern}' in failed.value.log
 
+
+
+def test_with_kfp_caching_on_the_next_day_would_reuse_the_first_days_ingestion(tmp_path,
+                                                                                schedules):
+  """Why LogExampleGen is compiled with caching off: under the driver's cache-key rule its key
+  does not change when a partition lands, so the second day is a cache hit of the first."""
+  del schedules  # after the schedules: the step modules are loaded once
+  generate_logs(str(tmp_path / 'all'), rows=200, days=2, seed=9)
+  (tmp_path / 'logs').mkdir()
+  shutil.move(str(tmp_path / 'all' / DAYS[0]), str(tmp_path / 'logs'))
+  spec = compile_spec(kubeflow_config(tmp_path), tmp_path / 'pipeline.yaml')
+  spec['root']['dag']['tasks'] = {'LogExampleGen': spec['root']['dag']['tasks']['LogExampleGen']}
+  spec['root']['dag']['tasks']['LogExampleGen']['cachingOptions'] = {'enableCache': True}
+  backend = kfp_backend.Backend(str(tmp_path / 'kfp'), preload=step_modules(spec))
+  day1 = backend.run(spec, MINIO_ROOT)
+  shutil.move(str(tmp_path / 'all' / DAYS[1]), str(tmp_path / 'logs'))
+  day2 = backend.run(spec, MINIO_ROOT)
+  assert day2.tasks['LogExampleGen'].state == 'CACHED'
+  assert int(day2.artifact('LogExampleGen', 'examples')['metadata']['custom:span']) == SPANS[0]
+  assert day2.tasks['LogExampleGen'].outputs == day1.tasks['LogExampleGen'].outputs
