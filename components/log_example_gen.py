@@ -40,9 +40,10 @@ executor; open-source Kubeflow Pipelines runs no driver (TFX compiles it as the 
 properties hold no span the executor resolves it itself, with TFX's own input processor
 (`resolve_input`), and records it on the examples artifact as the driver would. The executor
 then reads that span and the `data.window_spans - 1` spans before it (missing days are
-allowed), so each scheduled run trains on a rolling window of the most recent days. The spans read are recorded on the quarantine
-artifact (`spans`) and in `counts.json`. (TFX's own ExampleGen reads one span per execution and
-leaves windows to Resolver nodes, which open-source Kubeflow Pipelines does not run.)
+allowed), so each scheduled run trains on a rolling window of the most recent days. The spans
+read are recorded on the quarantine artifact (`spans`) and in `counts.json`. (TFX's own
+ExampleGen reads one span per execution and leaves windows to Resolver nodes, which open-source
+Kubeflow Pipelines does not run.)
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ class _FingerprintLines(beam.DoFn):
   """First pass over a file: for each non-blank line, (bucket, fingerprint + line number +
   file) for `spill.GroupInBuckets` (the bucket is taken from the fingerprint, so all copies of a
   line meet in one bucket); plus, tagged `files`, one (span, file, non-blank lines, blank lines,
-  unreadable, byte-order mark) summary per file, and, tagged `quarantine`, the break of a file that breaks
-  mid-way, as `unreadable_file` with the start of the broken line as its raw text.
+  unreadable, byte-order mark) summary per file, and, tagged `quarantine`, the break of a file
+  that breaks mid-way, as `unreadable_file` with the start of the broken line as its raw text.
   """
 
   def __init__(self, num_buckets: int):

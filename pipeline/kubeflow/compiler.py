@@ -34,6 +34,7 @@ import yaml
 
 from pipeline.beam_args import beam_pipeline_args
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.kubeflow import entrypoint
 from pipeline.pipeline import create_pipeline
 
 RUNNER_DIFFERENCES = ('pipeline_root', 'metadata_connection_config', 'image',
@@ -47,8 +48,9 @@ ROOT_SCHEMES = ('gs', 's3', 'minio')
 # Schemes tf.io.gfile opens in the pipeline image (TensorFlow 2.16 has GCS built in; S3 moved
 # to tensorflow-io, and nothing opens minio://).
 GFILE_REMOTE_SCHEMES = ('gs',)
-# Roots whose artifacts the steps see only as the launcher's local copies (/minio/…, /s3/…).
-MOUNTED_ROOT_SCHEMES = ('s3', 'minio')
+# Roots whose artifacts the steps see only as the launcher's local copies (/minio/…, /s3/…):
+# the schemes the entrypoint maps to those paths.
+MOUNTED_ROOT_SCHEMES = tuple(prefix[:-len('://')] for prefix in entrypoint.MOUNTED_SCHEMES)
 
 
 class SpecError(ValueError):
