@@ -6,7 +6,7 @@ Strategy over gRPC on 127.0.0.1), same global batch and steps.
 1. Runs the whole pipeline once on a generated log (the sample config, 1 worker, in-process
    Trainer) to get the Transform output and the in-process Trainer's wall time.
 2. Trains on that Transform output with the Trainer's local launcher
-   (components/distributed_trainer.py), `--repeats` times for each worker count: the global
+   (components/local_workers.py), `--repeats` times for each worker count: the global
    batch stays `training.batch_size` of the config (per-replica batch = global / workers).
    Reported per run: wall seconds from launching the workers to all of them exiting (process
    start, joining the cluster, training, export), `fit` seconds, and examples/second per
@@ -62,16 +62,17 @@ def prepare(work: str, rows: int, days: int, config_path: str):
 
 
 def train_once(config, run_dir: str, workers: int, out: str) -> Dict[str, Any]:
-  from components import distributed_trainer  # pylint: disable=g-import-not-at-top
+  from components.local_workers import run_local_workers  # pylint: disable=g-import-not-at-top
+  from pipeline.local_runner import job_for_local_run  # pylint: disable=g-import-not-at-top
   global_batch = config.training.batch_size
   config = config.with_overrides(training={'workers': workers,
                                            'batch_size': global_batch // workers,
                                            'worker_restarts': 0})
   # A fresh output directory: a backup left by an earlier, failed run there would be resumed.
   shutil.rmtree(out, ignore_errors=True)
-  job = distributed_trainer.job_for_local_run(run_dir, config, out)
+  job = job_for_local_run(run_dir, config, out)
   started = time.monotonic()
-  result = distributed_trainer.run_local_workers(job, workers, config.training)
+  result = run_local_workers(job, workers, config.training)
   wall = time.monotonic() - started
   per_worker = []
   for lines in result.outputs:

@@ -160,7 +160,7 @@ def _training_setup(run_dir: str, config_path: str, batch_size: int):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
   from pipeline.config import load_config  # pylint: disable=g-import-not-at-top
-  from trainer import run as trainer_run  # pylint: disable=g-import-not-at-top
+  from trainer import input as trainer_input  # pylint: disable=g-import-not-at-top
   from trainer.model import MultiTaskModel  # pylint: disable=g-import-not-at-top
   from trainer.models import build_network  # pylint: disable=g-import-not-at-top
 
@@ -172,13 +172,13 @@ def _training_setup(run_dir: str, config_path: str, batch_size: int):
   def files(split):
     return [os.path.join(examples.uri, f'Split-{split}', '*')]
 
-  train = trainer_run.make_dataset(files('train'), tf_transform_output, config, batch_size)
-  evaluate = trainer_run.make_dataset(files('eval'), tf_transform_output, config, batch_size,
+  train = trainer_input.make_dataset(files('train'), tf_transform_output, config, batch_size)
+  evaluate = trainer_input.make_dataset(files('eval'), tf_transform_output, config, batch_size,
                                       shuffle=False)
 
   def new_model():
     tf.keras.utils.set_random_seed(config.training.seed)
-    network = build_network(config, trainer_run.cardinalities(config, tf_transform_output))
+    network = build_network(config, trainer_input.cardinalities(config, tf_transform_output))
     model = MultiTaskModel(network, config)
     model.compile(optimizer=model.group_optimizers['trunk'])
     return model
@@ -219,7 +219,7 @@ def _record_shuffle_dataset(examples_mlmd, tf_transform_output, config, batch_si
   buffer, then batched and parsed per batch (same files, seed and parsing)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.preprocessing import unpack_transformed  # pylint: disable=g-import-not-at-top
-  from trainer.run import packed_feature_spec  # pylint: disable=g-import-not-at-top
+  from trainer.input import packed_feature_spec  # pylint: disable=g-import-not-at-top
   files = sorted(glob.glob(os.path.join(examples_mlmd.uri, 'Split-train', '*')))
   spec = packed_feature_spec(config, tf_transform_output)
   features = [f.name for f in config.features]
@@ -242,13 +242,13 @@ def _per_feature_dataset(examples_mlmd, tf_transform_output, config, batch_size:
                          directory: str):
   """The Trainer's input before the packed columns (change 8): the same training records
   rewritten with one tf.Example feature per feature and label (gzip, as Beam writes it) in
-  `directory`, read by the Trainer's block shuffle (`trainer.run.block_shuffle`)."""
+  `directory`, read by the Trainer's block shuffle (`trainer.input.block_shuffle`)."""
   import gzip  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import run as trainer_run  # pylint: disable=g-import-not-at-top
+  from trainer import input as trainer_input  # pylint: disable=g-import-not-at-top
   from trainer.preprocessing import (  # pylint: disable=g-import-not-at-top
       transformed_layout, unpack_transformed)
-  packed_spec = trainer_run.packed_feature_spec(config, tf_transform_output)
+  packed_spec = trainer_input.packed_feature_spec(config, tf_transform_output)
   features = [f.name for f in config.features]
   labels = [t.label for t in config.tasks]
   os.makedirs(directory, exist_ok=True)
@@ -276,7 +276,7 @@ def _per_feature_dataset(examples_mlmd, tf_transform_output, config, batch_size:
           for name, (column, _) in transformed_layout(config).items()}
   seed = config.training.seed
   files = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
-  return (trainer_run.block_shuffle(
+  return (trainer_input.block_shuffle(
       tf.data.TFRecordDataset(files, compression_type='GZIP').repeat(),
       lambda serialized: tf.io.parse_example(serialized, spec), seed, batch_size)
           .map(lambda c: ({n: c[n] for n in features}, {n: c[n] for n in labels}))

@@ -154,7 +154,8 @@ class TrainingConfig:
   min_log_variance: Optional[float] = None
   seed: int = 42
   # Distributed training (MultiWorkerMirroredStrategy when more than 1): locally the Trainer
-  # starts this many worker processes on 127.0.0.1; with kubeflow.trainer: tfjob, this many pods.
+  # starts this many worker processes on 127.0.0.1; with kubeflow.trainer trainjob or tfjob,
+  # this many pods.
   workers: int = 1
   # How long a worker waits for every other worker to be reachable before failing.
   worker_start_timeout_seconds: int = 300
@@ -197,17 +198,28 @@ class KubeflowConfig:
   # statistics, for the drift check), opened with tf.io.gfile: gs:// or a mounted path.
   # Default: <pipeline_root>/state, which needs a gs:// pipeline root.
   state_dir: Optional[str] = None
-  # How the Trainer step trains: `pod` (in its own pod, with training.workers processes) or
-  # `tfjob` (a Kubeflow Training Operator TFJob of training.workers pods, each running the
-  # Trainer's executor; the operator sets TF_CONFIG).
+  # How the Trainer step trains: `pod` (in its own pod, with training.workers processes),
+  # `trainjob` (a Kubeflow Trainer v2 TrainJob of training.workers nodes on the runtime
+  # `training_runtime`; each node derives its TF_CONFIG from its JobSet pod) or `tfjob` (a
+  # Kubeflow Training Operator v1 TFJob of training.workers pods; the operator sets TF_CONFIG).
+  # docs/distributed.md says which to choose.
   trainer: str = 'pod'
-  namespace: Optional[str] = None          # tfjob: the TFJob's namespace (default: the step's own)
+  # trainjob and tfjob: the job's namespace (default: the step's own), and each worker pod's
+  # CPU and memory (request and limit) and nvidia.com/gpu limit.
+  namespace: Optional[str] = None
   service_account: Optional[str] = None    # tfjob: the worker pods' service account
-  worker_cpu: str = '2'                    # tfjob: CPU request and limit of each worker pod
-  worker_memory: str = '8Gi'               # tfjob: memory request and limit of each worker pod
-  worker_gpus: int = 0                     # tfjob: nvidia.com/gpu limit of each worker pod
+  worker_cpu: str = '2'
+  worker_memory: str = '8Gi'
+  worker_gpus: int = 0
   tfjob_backoff_limit: int = 3             # tfjob: pod restarts before the TFJob fails
   tfjob_timeout_seconds: int = 86400       # tfjob: activeDeadlineSeconds, and the step's wait
+  # trainjob: the ClusterTrainingRuntime (deploy/trainer-runtime.yaml ships this one).
+  training_runtime: str = 'mtl-pipeline-tensorflow'
+  trainjob_timeout_seconds: int = 86400    # trainjob: activeDeadlineSeconds, and the step's wait
+  # trainjob: how long every node may take to be running (a missing runtime, quota, no node
+  # with the resources, an image that cannot be pulled) before the step fails with the
+  # TrainJob's conditions.
+  trainjob_start_timeout_seconds: int = 1800
 
 
 @dataclasses.dataclass(frozen=True)
@@ -586,7 +598,7 @@ def _parse_beam_field(key: str, value: Any, path: str) -> Any:
   return _optional_string(value, path)
 
 
-KUBEFLOW_TRAINERS = ('pod', 'tfjob')
+KUBEFLOW_TRAINERS = ('pod', 'trainjob', 'tfjob')
 # Kubernetes resource quantities ('2', '500m', '8Gi', '1.5') and names (DNS-1123 labels).
 _QUANTITY = re.compile(r'^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$')
 _DNS_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')
@@ -597,8 +609,8 @@ def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
     return _choice(value, path, KUBEFLOW_TRAINERS)
   if key == 'state_dir':
     return _optional_string(value, path)
-  if key in ('namespace', 'service_account'):
-    if value is None:
+  if key in ('namespace', 'service_account', 'training_runtime'):
+    if value is None and key != 'training_runtime':
       return None
     if not isinstance(value, str) or not _DNS_LABEL.match(value):
       raise ConfigError(f'{path}: {value!r} is not a Kubernetes name (lower-case letters, '
@@ -614,7 +626,8 @@ def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
     return _number(value, path, int, minimum=0)
   if key == 'tfjob_backoff_limit':
     return _number(value, path, int, minimum=0)
-  if key == 'tfjob_timeout_seconds':
+  if key in ('tfjob_timeout_seconds', 'trainjob_timeout_seconds',
+             'trainjob_start_timeout_seconds'):
     return _number(value, path, int, minimum=60)
   if not isinstance(value, str) or not value:
     raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')

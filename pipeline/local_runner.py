@@ -15,11 +15,14 @@ from typing import Any, Dict, List, Optional
 
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+
+from components.training_worker import job_description
 
 from pipeline.beam_args import beam_pipeline_args as make_beam_args
 from pipeline.config import PipelineConfig
-from pipeline.pipeline import create_pipeline
-from pipeline.run_summary import build_summary, write_summary
+from pipeline.pipeline import create_pipeline, trainer_properties
+from pipeline.run_summary import build_summary, read_run, write_summary
 
 
 class PipelineRunError(RuntimeError):
@@ -69,3 +72,31 @@ def run_local(config: PipelineConfig, output_dir: str,
   if error is not None:
     raise PipelineRunError(str(error), summary) from error
   return summary
+
+
+def job_for_local_run(run_dir: str, config: PipelineConfig, output_dir: str) -> Dict[str, Any]:
+  """The Trainer step's job description for the Transform output of a finished local run
+  (`run_local`), writing the model and model run under `output_dir`: trains on a run's data
+  with workers outside the pipeline (the distributed benchmark, tests)."""
+  nodes = read_run(metadata_store.MetadataStore(metadata_config(run_dir)), config.name)['nodes']
+  schema_node = nodes.get('ImportSchemaGen') or nodes['SchemaGen']
+
+  def artifact(cls, mlmd=None, uri=None):
+    a = cls()
+    if mlmd is not None:
+      a.set_mlmd_artifact(mlmd)
+    else:
+      a.uri = uri
+    return a
+
+  inputs = {
+      'examples': [artifact(standard_artifacts.Examples,
+                            nodes['Transform']['outputs']['transformed_examples'][0])],
+      'transform_graph': [artifact(standard_artifacts.TransformGraph,
+                                   nodes['Transform']['outputs']['transform_graph'][0])],
+      'schema': [artifact(standard_artifacts.Schema, schema_node['outputs']['schema'][0])],
+  }
+  outputs = {'model': [artifact(standard_artifacts.Model, uri=os.path.join(output_dir, 'model'))],
+             'model_run': [artifact(standard_artifacts.ModelRun,
+                                    uri=os.path.join(output_dir, 'model_run'))]}
+  return job_description(inputs, outputs, trainer_properties(config))

@@ -16,10 +16,12 @@ Evaluator runs (components/served_baseline_evaluator.py), not by a Resolver.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
+from google.protobuf import json_format
 from tfx import v1 as tfx
+from tfx.utils import json_utils
 from ml_metadata.proto import metadata_store_pb2
 
 from components.distributed_trainer import DistributedTrainer
@@ -35,6 +37,20 @@ from trainer.preprocessing import CONFIG_KEY
 
 PREPROCESSING_FN = 'trainer.preprocessing.preprocessing_fn'
 RUN_FN = 'trainer.run.run_fn'
+
+
+def trainer_properties(config: PipelineConfig) -> Dict[str, Any]:
+  """The Trainer's execution properties as create_pipeline sets them and TFX hands them to its
+  executor (serialized): for running the Trainer's workers outside the pipeline (a finished
+  local run's data, the example Kubernetes jobs in deploy/)."""
+  return {
+      'train_args': json_format.MessageToJson(
+          tfx.proto.TrainArgs(num_steps=config.training.train_steps), sort_keys=True),
+      'eval_args': json_format.MessageToJson(
+          tfx.proto.EvalArgs(num_steps=config.training.eval_steps), sort_keys=True),
+      'custom_config': json_utils.dumps({CONFIG_KEY: config.to_json()}),
+      'run_fn': RUN_FN,
+  }
 
 # Config metric name (TFMA's metric name) -> TFMA metric class.
 METRIC_CLASSES = {
@@ -171,7 +187,7 @@ def create_pipeline(
       disable_statistics=True)
   # Transform does not read the anomalies, but must not start on data that failed validation.
   transform.add_upstream_node(example_validator)
-  # TFX's Trainer, on `training.workers` local processes or a Kubeflow TFJob when configured
+  # TFX's Trainer, on `training.workers` local processes or a Kubeflow TrainJob or TFJob
   # (components/distributed_trainer.py); in-process with one worker.
   trainer = DistributedTrainer(
       run_fn=RUN_FN,

@@ -21,12 +21,14 @@ import time
 
 import psutil
 import pytest
-import yaml
 
-from components import distributed_trainer as dt
+from components import kubernetes_training as kt
+from components import local_workers as lw
+from components import training_worker as tw
 from conftest import REPO, copy_e2e_run, sample_config
 from pipeline.config import ConfigError
-from pipeline.local_runner import run_local
+from pipeline.local_runner import job_for_local_run, run_local
+from trainer import cluster as trainer_cluster
 from trainer import run as trainer_run
 
 # ---------------------------------------------------------------------------------------------
@@ -41,17 +43,17 @@ def _tf_config(**kwargs):
 
 
 def test_tf_config_names_the_cluster_and_the_chief():
-  cluster = trainer_run.parse_tf_config(_tf_config(task={'type': 'worker', 'index': 1}))
+  cluster = trainer_cluster.parse_tf_config(_tf_config(task={'type': 'worker', 'index': 1}))
   assert cluster.num_workers == 2 and cluster.address == '127.0.0.1:2223'
   assert not cluster.is_chief and cluster.name == 'worker 1'
-  with_chief = trainer_run.parse_tf_config(json.dumps(
+  with_chief = trainer_cluster.parse_tf_config(json.dumps(
       {'cluster': {'chief': ['c:1'], 'worker': ['w:1', 'w:2']}, 'task': {'type': 'chief',
                                                                            'index': 0}}))
   assert with_chief.is_chief and with_chief.names == ('chief 0', 'worker 0', 'worker 1')
   # Unset, or a single worker: the default strategy.
-  assert trainer_run.parse_tf_config(None) is None
-  assert trainer_run.parse_tf_config('') is None
-  assert trainer_run.parse_tf_config(json.dumps(
+  assert trainer_cluster.parse_tf_config(None) is None
+  assert trainer_cluster.parse_tf_config('') is None
+  assert trainer_cluster.parse_tf_config(json.dumps(
       {'cluster': {'worker': ['w:1']}, 'task': {'type': 'worker', 'index': 0}})) is None
 
 
@@ -71,18 +73,18 @@ def test_tf_config_names_the_cluster_and_the_chief():
     (_tf_config(cluster={'worker': 'a:1,b:2'}), r'must be a list of "host:port"'),
 ])
 def test_bad_tf_config_is_named(tf_config, message):
-  with pytest.raises(trainer_run.ClusterConfigError, match=message):
-    trainer_run.parse_tf_config(tf_config)
+  with pytest.raises(trainer_cluster.ClusterConfigError, match=message):
+    trainer_cluster.parse_tf_config(tf_config)
 
 
 def test_unreachable_worker_fails_in_bounded_time_naming_it():
   """Before TensorFlow joins the cluster (where it would wait up to an hour)."""
-  ports = dt.free_ports(2)
-  cluster = trainer_run.parse_tf_config(json.dumps(dt.local_tf_configs(ports)[0]))
+  ports = lw.free_ports(2)
+  cluster = trainer_cluster.parse_tf_config(json.dumps(lw.local_tf_configs(ports)[0]))
   training = sample_config(training={'worker_start_timeout_seconds': 2}).training
   started = time.monotonic()
-  with pytest.raises(trainer_run.ClusterStartError) as e:
-    trainer_run.make_strategy(cluster, training)
+  with pytest.raises(trainer_cluster.ClusterStartError) as e:
+    trainer_cluster.make_strategy(cluster, training)
   assert time.monotonic() - started < 10
   assert (f'worker 0 of 2: not reachable within 2 s (training.worker_start_timeout_seconds): '
           f'worker 1 at 127.0.0.1:{ports[1]} (Connection refused)') == str(e.value)
@@ -92,14 +94,14 @@ def test_lost_or_unreachable_peers_make_a_worker_exit_retryable():
   """The worker command's exit code: 200 (the group may be restarted, also by the TFJob's
   ExitCode policy) when another worker is gone or unreachable; 1 for its own errors."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  for error in (trainer_run.ClusterStartError('worker 1 at 127.0.0.1:2 not reachable'),
+  for error in (trainer_cluster.ClusterStartError('worker 1 at 127.0.0.1:2 not reachable'),
                 tf.errors.UnavailableError(None, None, 'Collective ops is aborted by: ...'),
                 tf.errors.DeadlineExceededError(None, None, 'Collective timed out')):
-    assert dt.exit_code(error) == dt.EXIT_PEER_LOST == 200
+    assert tw.exit_code(error) == tw.EXIT_PEER_LOST == 200
   for error in (trainer_run.NonFiniteLossError('Training stopped at step 7'),
-                trainer_run.ClusterConfigError('TF_CONFIG is not valid JSON'),
+                trainer_cluster.ClusterConfigError('TF_CONFIG is not valid JSON'),
                 tf.errors.NotFoundError(None, None, 'no such file'), ValueError('bad')):
-    assert dt.exit_code(error) == dt.EXIT_ERROR == 1
+    assert tw.exit_code(error) == tw.EXIT_ERROR == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def _kill_worker_after_first_backup(model_runs, index, killed):
     time.sleep(0.1)
   for process in psutil.Process().children(recursive=True):
     try:
-      if dt.WORKER_MODULE in process.cmdline() and json.loads(
+      if tw.WORKER_MODULE in process.cmdline() and json.loads(
           process.environ()['TF_CONFIG'])['task']['index'] == index:
         os.kill(process.pid, signal.SIGKILL)
         killed.append(process.pid)
@@ -255,43 +257,29 @@ def test_two_workers_resume_after_a_kill_and_push_a_model_that_matches_one_worke
   latest = max(model_runs.iterdir(), key=lambda p: int(p.name))
   assert sorted(os.listdir(latest)) == ['train', 'training_summary.json', 'validation']
   assert not [p for p in psutil.Process().children(recursive=True)
-              if dt.WORKER_MODULE in p.cmdline()]  # no worker left behind
+              if tw.WORKER_MODULE in p.cmdline()]  # no worker left behind
 
 
 def test_a_worker_error_fails_at_once_with_that_error(e2e_run, tmp_path):
   """Not a lost worker: no restart, and the step's error is the worker's exception."""
   config = e2e_run['config'].with_overrides(training={'workers': 2, 'worker_restarts': 2})
-  job = dt.job_for_local_run(str(e2e_run['run_dir']), config, str(tmp_path / 'out'))
+  job = job_for_local_run(str(e2e_run['run_dir']), config, str(tmp_path / 'out'))
   missing = tmp_path / 'no-transform-output'
   job['input_dict']['transform_graph'][0]['artifact']['uri'] = str(missing)
   started = time.monotonic()
-  with pytest.raises(dt.DistributedTrainingError) as e:
-    dt.run_local_workers(job, 2, config.training)
+  with pytest.raises(tw.DistributedTrainingError) as e:
+    lw.run_local_workers(job, 2, config.training)
   message = str(e.value)
   assert message.startswith(('worker 0 of 2 failed (exit code 1): ',
                              'worker 1 of 2 failed (exit code 1): ')), message
   assert str(missing) in message and 'restart' not in message, message
   assert time.monotonic() - started < 180
   assert not [p for p in psutil.Process().children(recursive=True)
-              if dt.WORKER_MODULE in p.cmdline()]  # no worker left behind
+              if tw.WORKER_MODULE in p.cmdline()]  # no worker left behind
 
 
 # ---------------------------------------------------------------------------------------------
 # Kubeflow: the TFJob manifest (against the TFJob v1 API's fields), submission and wait.
-
-# Fields of the kubeflow.org/v1 TFJob API (training-operator pkg/apis/kubeflow.org/v1:
-# TFJob, TFJobSpec, RunPolicy, ReplicaSpec).
-TFJOB_FIELDS = {'apiVersion', 'kind', 'metadata', 'spec', 'status'}
-TFJOB_SPEC_FIELDS = {'runPolicy', 'successPolicy', 'tfReplicaSpecs', 'enableDynamicWorker'}
-RUN_POLICY_FIELDS = {'cleanPodPolicy', 'ttlSecondsAfterFinished', 'activeDeadlineSeconds',
-                     'backoffLimit', 'schedulingPolicy'}
-REPLICA_SPEC_FIELDS = {'replicas', 'template', 'restartPolicy'}
-REPLICA_TYPES = {'Chief', 'Master', 'Worker', 'PS', 'Evaluator'}
-RESTART_POLICIES = {'Always', 'OnFailure', 'Never', 'ExitCode'}
-CLEAN_POD_POLICIES = {'All', 'Running', 'None'}
-SUCCESS_POLICIES = {'', 'AllWorkers'}
-EXAMPLE_TFJOB = os.path.join(REPO, 'deploy', 'tfjob-example.yaml')
-
 
 def _tfjob_config(**kubeflow):
   return sample_config(training={'workers': 3},
@@ -304,48 +292,33 @@ def _job():
           'exec_properties': {'run_fn': 'trainer.run.run_fn'}}
 
 
-def test_tfjob_manifest_uses_only_tfjob_v1_fields():
-  from kubernetes import client as k8s  # pylint: disable=g-import-not-at-top
-  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'impressions-mtl-trainer-abc',
+def test_tfjob_manifest_has_the_run_policy_and_worker_replicas():
+  """(Its schema: tests/test_trainjob.py validates it against the TFJob CRD.)"""
+  manifest = kt.tfjob_manifest(_tfjob_config(), _job(), 'impressions-mtl-trainer-abc',
                                'ml-team')
-  assert set(manifest) <= TFJOB_FIELDS
   assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'TFJob'
   assert manifest['metadata']['name'] == 'impressions-mtl-trainer-abc'
   assert manifest['metadata']['namespace'] == 'ml-team'
   spec = manifest['spec']
-  assert set(spec) <= TFJOB_SPEC_FIELDS and spec['successPolicy'] in SUCCESS_POLICIES
-  assert set(spec['runPolicy']) <= RUN_POLICY_FIELDS
-  assert spec['runPolicy']['cleanPodPolicy'] in CLEAN_POD_POLICIES
+  assert spec['successPolicy'] == 'AllWorkers'
+  assert spec['runPolicy']['cleanPodPolicy'] == 'Running'
   assert spec['runPolicy']['backoffLimit'] == 3
   assert spec['runPolicy']['activeDeadlineSeconds'] == 86400
-  assert set(spec['tfReplicaSpecs']) <= REPLICA_TYPES
   assert set(spec['tfReplicaSpecs']) == {'Worker'}  # worker 0 is the chief
-  for replica in spec['tfReplicaSpecs'].values():
-    assert set(replica) <= REPLICA_SPEC_FIELDS
-    assert replica['restartPolicy'] in RESTART_POLICIES
-    # The pod template is a valid Kubernetes PodTemplateSpec: every field survives a round
-    # trip through the Kubernetes client's models (unknown fields would be dropped).
-    api = k8s.ApiClient()
-
-    class Response:  # what ApiClient.deserialize reads
-      data = json.dumps(replica['template'])
-
-    assert api.sanitize_for_serialization(
-        api.deserialize(Response(), 'V1PodTemplateSpec')) == replica['template']
 
 
 def test_tfjob_runs_the_trainer_executor_with_the_configured_image_and_resources():
   config = _tfjob_config(worker_gpus=1, service_account='trainer-sa')
-  worker = dt.tfjob_manifest(config, _job(), 'n', 'ns')['spec']['tfReplicaSpecs']['Worker']
+  worker = kt.tfjob_manifest(config, _job(), 'n', 'ns')['spec']['tfReplicaSpecs']['Worker']
   assert worker['replicas'] == 3
   # Exit codes 128-255 (killed, lost a peer: EXIT_PEER_LOST) restart the pod; others fail.
-  assert worker['restartPolicy'] == 'ExitCode' and 128 <= dt.EXIT_PEER_LOST <= 255
+  assert worker['restartPolicy'] == 'ExitCode' and 128 <= tw.EXIT_PEER_LOST <= 255
   pod = worker['template']['spec']
   assert pod['serviceAccountName'] == 'trainer-sa'
   [container] = pod['containers']
   assert container['name'] == 'tensorflow'  # the name the operator looks for
   assert container['image'] == 'registry.example/mtl:1'
-  assert container['command'] == ['python', '-m', 'components.distributed_trainer']
+  assert container['command'] == ['python', '-m', 'components.training_worker']
   args = container['args']
   assert json.loads(args[args.index('--job') + 1]) == _job()
   assert args[args.index('--error-file') + 1] == container['terminationMessagePath']
@@ -359,15 +332,15 @@ def test_tfjob_runs_the_trainer_executor_with_the_configured_image_and_resources
 def test_tfjob_name_is_a_stable_kubernetes_name():
   config = dataclasses.replace(
       sample_config(), name='Impressions_MTL-with-a-very-long-name-for-a-kubernetes-object')
-  name = dt.tfjob_name(config, 'gs://bucket/root/Trainer/model/17')
-  assert name == dt.tfjob_name(config, 'gs://bucket/root/Trainer/model/17')
-  assert name != dt.tfjob_name(config, 'gs://bucket/root/Trainer/model/18')
+  name = kt.job_name(config, 'gs://bucket/root/Trainer/model/17')
+  assert name == kt.job_name(config, 'gs://bucket/root/Trainer/model/17')
+  assert name != kt.job_name(config, 'gs://bucket/root/Trainer/model/18')
   assert len(name) <= 63 and re.match(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', name), name
   assert name.startswith('impressions-mtl-with-a-very-long-name-fo-trainer-')
 
 
 def test_tfjob_settings_are_checked():
-  with pytest.raises(ConfigError, match="kubeflow.trainer: 'job' is not one of pod, tfjob"):
+  with pytest.raises(ConfigError, match="kubeflow.trainer: 'job' is not one of pod, trainjob, tfjob"):
     sample_config(kubeflow={'trainer': 'job'})
   with pytest.raises(ConfigError, match='kubeflow.worker_memory: .* Kubernetes quantity'):
     sample_config(kubeflow={'worker_memory': '8 GB'})
@@ -375,16 +348,6 @@ def test_tfjob_settings_are_checked():
     sample_config(kubeflow={'namespace': 'ML_Team'})
   with pytest.raises(ConfigError, match='training.workers: 0 must be >= 1'):
     sample_config(training={'workers': 0})
-
-
-def test_example_tfjob_is_the_manifest_of_the_sample_config():
-  """deploy/tfjob-example.yaml is what the Trainer step submits for the sample config with
-  `kubeflow.trainer: tfjob` and 2 workers (artifact URIs as on a Kubeflow run)."""
-  with open(EXAMPLE_TFJOB) as f:
-    example = yaml.safe_load(f)
-  assert example == dt.example_tfjob_manifest(), (
-      'regenerate it: python -c "from components.distributed_trainer import '
-      'write_example_tfjob as w; w(\'deploy/tfjob-example.yaml\')"')
 
 
 def _failed_tfjob():
@@ -412,14 +375,14 @@ def test_failed_tfjob_reports_each_failed_pods_error():
                'message': 'NonFiniteLossError: Training stopped at step 7 of 400'}),
       _pod(2, {'exitCode': 137, 'reason': 'OOMKilled'}, where='lastState'),
   ]
-  assert dt.describe_tfjob_failure(_failed_tfjob(), pods) == '\n'.join([
+  assert kt.describe_tfjob_failure(_failed_tfjob(), pods) == '\n'.join([
       'TFJob ml/job-1 failed: TFJob ml/job-1 has failed because 1 Worker replica(s) failed.',
       '  pod job-1-worker-0: exit code 1: NonFiniteLossError: Training stopped at step 7 of 400',
       '  pod job-1-worker-1: exit code 200: UnavailableError: Collective ops is aborted by: '
       'task 0 ...',
       '  pod job-1-worker-2: exit code 137: OOMKilled'])
-  assert dt.tfjob_state(_failed_tfjob()) == 'Failed'
-  assert dt.tfjob_state({'status': {'conditions': [{'type': 'Running', 'status': 'True'}]}}) is None
+  assert kt.finished_state(_failed_tfjob()) == 'Failed'
+  assert kt.finished_state({'status': {'conditions': [{'type': 'Running', 'status': 'True'}]}}) is None
 
 
 class _KubernetesApi(http.server.BaseHTTPRequestHandler):
@@ -486,16 +449,16 @@ def kubernetes_api():
 
 def test_tfjob_is_created_and_waited_for(kubernetes_api):
   _KubernetesApi.final_state = 'Succeeded'
-  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
-  dt.submit_tfjob_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
+  manifest = kt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  kt.submit_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
   assert _KubernetesApi.created == [manifest] and _KubernetesApi.reads == 2
 
 
 def test_failed_tfjob_fails_the_step_with_the_pod_errors(kubernetes_api):
   _KubernetesApi.final_state = 'Failed'
-  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
-  with pytest.raises(dt.DistributedTrainingError) as e:
-    dt.submit_tfjob_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
+  manifest = kt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  with pytest.raises(tw.DistributedTrainingError) as e:
+    kt.submit_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
   assert str(e.value).splitlines() == [
       'TFJob ml/job-1 failed: TFJob ml/job-1 has failed because 1 Worker replica(s) failed.',
       '  pod job-1-worker-0: exit code 1: NonFiniteLossError: Training stopped at step 7 of 400']
@@ -503,26 +466,26 @@ def test_failed_tfjob_fails_the_step_with_the_pod_errors(kubernetes_api):
 
 def test_retried_step_waits_for_the_tfjob_it_created(kubernetes_api):
   _KubernetesApi.final_state, _KubernetesApi.exists = 'Succeeded', True
-  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
-  dt.submit_tfjob_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
+  manifest = kt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  kt.submit_and_wait(manifest, 60, api_client=kubernetes_api, poll_seconds=0.01)
   assert _KubernetesApi.created == [] and _KubernetesApi.reads == 2
 
 
 def test_unfinished_tfjob_times_out(kubernetes_api):
   _KubernetesApi.running_reads = 10**6  # stays Running
-  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
-  with pytest.raises(dt.DistributedTrainingError,
+  manifest = kt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  with pytest.raises(tw.DistributedTrainingError,
                      match=r'did not finish within 0.05 s \(kubeflow.tfjob_timeout_seconds\); '
-                           r'last condition: Running'):
-    dt.submit_tfjob_and_wait(manifest, 0.05, api_client=kubernetes_api, poll_seconds=0.01)
+                           r'its conditions: Running=True'):
+    kt.submit_and_wait(manifest, 0.05, api_client=kubernetes_api, poll_seconds=0.01)
 
 
 def test_unreachable_kubernetes_api_is_reported():
   from kubernetes import client as k8s  # pylint: disable=g-import-not-at-top
   configuration = k8s.Configuration()
-  configuration.host = f'http://127.0.0.1:{dt.free_ports(1)[0]}'
+  configuration.host = f'http://127.0.0.1:{lw.free_ports(1)[0]}'
   configuration.retries = False
-  manifest = dt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
-  with pytest.raises(dt.DistributedTrainingError, match=r'cannot create TFJob ml/job-1: '):
-    dt.submit_tfjob_and_wait(manifest, 60, api_client=k8s.ApiClient(configuration),
+  manifest = kt.tfjob_manifest(_tfjob_config(), _job(), 'job-1', 'ml')
+  with pytest.raises(tw.DistributedTrainingError, match=r'cannot create TFJob ml/job-1: '):
+    kt.submit_and_wait(manifest, 60, api_client=k8s.ApiClient(configuration),
                              poll_seconds=0.01)

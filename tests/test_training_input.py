@@ -1,4 +1,4 @@
-"""The Trainer's input (`trainer.run.make_dataset`): block shuffle, determinism, coverage.
+"""The Trainer's input (`trainer.input.make_dataset`): block shuffle, determinism, coverage.
 
 Records are written in the transformed format of the shared run (its real tf.Transform output
 gives the packed columns' spec), each carrying its index in `position`, so the batches can be
@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from conftest import output_uri
-from trainer import run
+from trainer import input as run
 from trainer.preprocessing import transformed_layout
 
 NUM_RECORDS = 2048

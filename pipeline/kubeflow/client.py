@@ -9,8 +9,9 @@ Errors from the KFP API (unreachable host, refused credentials, rejected request
 cron expressions surface as `KubeflowError`, one line each.
 
 The Trainer step trains in its own pod (`training.workers` processes), or, with
-`kubeflow.trainer: tfjob`, creates a Kubeflow Training Operator TFJob of `training.workers`
-pods and waits for it (components/distributed_trainer.py, docs/distributed.md). That choice
+`kubeflow.trainer: trainjob` or `tfjob`, creates a Kubeflow Trainer v2 TrainJob or a Training
+Operator TFJob of `training.workers` pods and waits for it (components/distributed_trainer.py,
+docs/distributed.md). That choice
 is made by the step's executor at run time, from the config it receives: the compiled graph
 is the same.
 """
