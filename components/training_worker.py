@@ -20,13 +20,13 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import logging
-from tfx import types
-from tfx.components.trainer import executor as trainer_executor
-from tfx.utils import json_utils
+
+if TYPE_CHECKING:
+  from tfx import types
 
 # A worker exits with this code when it lost, or could not reach, another worker: the group
 # may be restarted (the Training Operator's ExitCode policy restarts codes 128-255; Linux has
@@ -41,10 +41,11 @@ class DistributedTrainingError(RuntimeError):
   """A training worker (local process or pod) failed; the message carries its error."""
 
 
-def job_description(input_dict: Dict[str, List[types.Artifact]],
-                    output_dict: Dict[str, List[types.Artifact]],
+def job_description(input_dict: Dict[str, List['types.Artifact']],
+                    output_dict: Dict[str, List['types.Artifact']],
                     exec_properties: Dict[str, Any]) -> Dict[str, Any]:
   """The Trainer step's inputs, outputs and properties as JSON-able data (`worker_command`)."""
+  from tfx.utils import json_utils  # pylint: disable=g-import-not-at-top
   def artifacts(d):
     return {key: [a.to_json_dict() for a in values] for key, values in d.items()}
   return {'input_dict': artifacts(input_dict), 'output_dict': artifacts(output_dict),
@@ -52,7 +53,8 @@ def job_description(input_dict: Dict[str, List[types.Artifact]],
 
 
 
-def _artifacts(d: Dict[str, List[Dict[str, Any]]]) -> Dict[str, List[types.Artifact]]:
+def _artifacts(d: Dict[str, List[Dict[str, Any]]]) -> Dict[str, List['types.Artifact']]:
+  from tfx import types  # pylint: disable=g-import-not-at-top
   return {key: [types.Artifact.from_json_dict(a) for a in values] for key, values in d.items()}
 
 
@@ -87,10 +89,12 @@ def _exit_with_parent(parent_pid: int) -> None:
 def exit_code(error: BaseException) -> int:
   """A failed worker's exit code: EXIT_PEER_LOST when another worker is gone or unreachable
   (this worker is fine; restarting the group may help), else EXIT_ERROR."""
+  from trainer.cluster import ClusterConfigError, ClusterStartError  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (ClusterStartError, ClusterConfigError)):
+    return EXIT_PEER_LOST if isinstance(error, ClusterStartError) else EXIT_ERROR
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.cluster import ClusterStartError  # pylint: disable=g-import-not-at-top
-  lost = (ClusterStartError, tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-          tf.errors.AbortedError, tf.errors.CancelledError)
+  lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+          tf.errors.CancelledError)
   return EXIT_PEER_LOST if isinstance(error, lost) else EXIT_ERROR
 
 
@@ -115,6 +119,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       logging.info('TF_CONFIG from the JobSet pod: %s', os.environ['TF_CONFIG'])
       cluster.parse_tf_config(os.environ['TF_CONFIG'])  # checked before anything runs
     job = json.loads(args.job)
+    # Imported only now: a pod that cannot join its cluster fails in a second, not after
+    # TensorFlow and TFX have loaded.
+    from tfx.components.trainer import executor as trainer_executor  # pylint: disable=g-import-not-at-top
     trainer_executor.GenericExecutor().Do(_artifacts(job['input_dict']),
                                           _artifacts(job['output_dict']),
                                           job['exec_properties'])

@@ -257,6 +257,28 @@ def test_trainjob_that_never_starts_fails_after_the_start_timeout_with_its_state
           in str(e.value)), e.value
 
 
+def test_a_failed_node_fails_the_step_with_its_own_error(cluster_factory):
+  """Executed: the nodes run the worker command in their pods, without the node count the
+  TrainJob passes; each fails at once naming it (exit code 1, which the runtime's pod failure
+  policy turns into a failed TrainJob, no restart), and the step's error is the pods'
+  termination messages."""
+  cluster = cluster_factory()
+  manifest = kt.trainjob_manifest(_config(), _job(), 'job-2', 'ml')
+  manifest['spec']['trainer'].update(numNodes=2, env=[])
+  with pytest.raises(DistributedTrainingError) as e:
+    kt.submit_and_wait(manifest, 300, 300, api_client=_client(cluster), poll_seconds=0.2)
+  lines = str(e.value).splitlines()
+  assert lines[0].startswith('TrainJob ml/job-2 failed: jobset job-2 failed due to failure '
+                             'policy action'), e.value
+  assert any(line.startswith('  pod job-2-node-0-') and line.endswith(
+      ': exit code 1: ClusterConfigError: MTL_NUM_NODES is not set: a Kubeflow Trainer node '
+      'derives its TF_CONFIG from JOB_COMPLETION_INDEX, MTL_NUM_NODES, JOBSET_NAME, '
+      'JOBSET_REPLICATED_JOB, JOBSET_JOB_INDEX (the runtime in deploy/trainer-runtime.yaml and '
+      'the TrainJob set them)') for line in lines[1:]), e.value
+  [run] = cluster.trainjobs.values()
+  assert run.restarts == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Executed: the Trainer step creates a TrainJob whose two nodes train together.
 
@@ -317,7 +339,8 @@ def test_trainjob_nodes_train_together_and_the_model_matches_one_worker(e2e_run,
     assert f'worker {i} of 2: trained 120 steps of 128 examples' in log, log[-3000:]
 
   # The chief's model against the shared 1-worker run's (batch 256, same steps and seed): the
-  # same global batches, so the same predictions up to float summation order.
+  # same global batches, so the same predictions up to float summation order (measured: a
+  # mean relative difference of about 1e-7 per task).
   model = os.path.join(trainjob_step['out'], 'model', 'Format-Serving')
   single = os.path.join(output_uri(e2e_run, 'Trainer', 'model'), 'Format-Serving')
   path = sorted(str(p) for p in e2e_run['logs'].glob('day=2026-11-01/*.gz'))[0]
@@ -333,4 +356,4 @@ def test_trainjob_nodes_train_together_and_the_model_matches_one_worker(e2e_run,
     differences[task.name] = float(np.abs(mine[task.name] - theirs[task.name]).mean()) / scale
   print('mean relative difference of the predictions, 2 TrainJob nodes vs 1 worker:',
         differences)
-  assert all(d < 0.01 for d in differences.values()), differences
+  assert all(d < 1e-4 for d in differences.values()), differences

@@ -140,6 +140,8 @@ class _Pod:
 
   def status(self) -> Dict[str, Any]:
     code = self.process.poll()
+    if code is not None and code < 0:
+      code = 128 - code  # a container killed by signal N exits with 128 + N
     if code is None:
       state = {'running': {'startedAt': '2026-01-01T00:00:00Z'}}
     else:

@@ -14,10 +14,12 @@ import json
 import socket
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
-import tensorflow as tf
 from absl import logging
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 from pipeline.config import TrainingConfig
 
@@ -243,7 +245,7 @@ def wait_for_workers(cluster: TrainingCluster, timeout_seconds: float) -> None:
 
 
 def make_strategy(cluster: Optional[TrainingCluster] = None,
-                  training: TrainingConfig = TrainingConfig()) -> tf.distribute.Strategy:
+                  training: TrainingConfig = TrainingConfig()) -> 'tf.distribute.Strategy':
   """MultiWorkerMirroredStrategy for a cluster of several workers, else the default strategy.
 
   Create it before any other TensorFlow op runs: it configures the runtime. Waits (bounded)
@@ -255,6 +257,7 @@ def make_strategy(cluster: Optional[TrainingCluster] = None,
   temporarily unavailable`). A dead worker is detected by the coordination service's heartbeat
   instead (UnavailableError on the others within about 10 s).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (not needed to check a cluster)
   if cluster is None:
     return tf.distribute.get_strategy()
   wait_for_workers(cluster, training.worker_start_timeout_seconds)
