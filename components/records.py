@@ -18,6 +18,9 @@ rejected (`out_of_range:<field>`).
 
 A record that cannot be converted raises `RecordError`, whose `reason` is a short code with
 the field name (e.g. `missing_field:click`); ingestion counts rejected records by that reason.
+A line naming a field twice (`{"click": 0, "click": 1}`) is rejected
+(`duplicate_key:<field>`): JSON parsers keep one of the two silently, and which one differs
+between them.
 Fields the config does not name are ignored; `unknown_fields` lists them, so ingestion can
 count them.
 """
@@ -162,6 +165,22 @@ def unknown_fields(record: Mapping[str, Any], config: PipelineConfig,
   return sorted(name for name in record if name not in known)
 
 
+def _pairs_without_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+  record = dict(pairs)
+  if len(record) != len(pairs):
+    seen = set()
+    for key, _ in pairs:
+      if key in seen:
+        raise RecordError(f'duplicate_key:{key}', f'the field {key!r} appears more than once')
+      seen.add(key)
+  return record
+
+
+# One decoder for every line (json.loads with a hook would build one per call); still C
+# scanning, the hook only compares the object's size with its pair count.
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_without_duplicates)
+
+
 def parse_line(line: Union[bytes, str], config: PipelineConfig) -> tf.train.Example:
   """Decodes one JSON line and converts it; raises RecordError with the reason."""
   return parse_line_with_unknown_fields(line, config)[0]
@@ -177,7 +196,9 @@ def parse_line_with_unknown_fields(line: Union[bytes, str], config: PipelineConf
     except UnicodeDecodeError as e:
       raise RecordError('not_utf8', str(e)) from None
   try:
-    record = json.loads(line)
+    record = _DECODER.decode(line)
+  except RecordError:
+    raise
   except ValueError as e:  # json.JSONDecodeError is a ValueError
     raise RecordError('malformed_json', str(e)) from None
   except RecursionError:

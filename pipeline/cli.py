@@ -24,7 +24,7 @@ import warnings
 from typing import List, Optional
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, check_inputs, load_config
 
 LOG_FILE = 'run.log'
 
@@ -41,8 +41,10 @@ def _generate_logs(args: argparse.Namespace) -> int:
 
 def _validate_config(args: argparse.Namespace) -> int:
   config = load_config(args.config)
+  notes = check_inputs(config)
   print(f'{args.config}: ok ({len(config.features)} features, tasks: '
-        f'{", ".join(t.name for t in config.tasks)})')
+        f'{", ".join(t.name for t in config.tasks)})'
+        + ''.join(f'\n  {note}' for note in notes))
   return 0
 
 
@@ -67,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides['training'] = {'train_steps': args.train_steps}
   if overrides:
     config = config.with_overrides(**overrides)
+  check_inputs(config)
   os.makedirs(args.output, exist_ok=True)
   log_path = os.path.abspath(os.path.join(args.output, LOG_FILE))
   print(f'running pipeline {config.name!r} locally; logs from {config.data.input_base}')
@@ -74,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
   output = (contextlib.nullcontext(sys.stdout) if args.verbose
             else progress.quiet_output(log_path))
   error: Optional[Exception] = None
+  busy: Optional[Exception] = None
   started = time.time()
   with output as terminal:
     # Imported here so that TensorFlow's import-time messages go to the log too.
@@ -84,8 +88,18 @@ def _run(args: argparse.Namespace) -> int:
     with progress.Progress(terminal, log_path):
       try:
         summary = local_runner.run_local(config, args.output, enable_cache=not args.no_cache)
+      except local_runner.OutputDirBusy as e:
+        busy = e
       except local_runner.PipelineRunError as e:
         error, summary = e, e.summary
+  if busy is not None:
+    print(f'mtlp: {busy}', file=sys.stderr)
+    return 1
+  if isinstance(error, local_runner.RunInterrupted):
+    print(f'\ninterrupted after {time.time() - started:.0f} s; summary: '
+          f'{summary["summary_path"]}; `mtlp run` with the same --output reuses the steps that '
+          'finished', file=sys.stderr)
+    return 130
   if summary.get('tasks'):
     print()
     print(run_summary.format_table(summary))
@@ -253,6 +267,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings('ignore', category=FutureWarning)
   try:
     return args.func(args)
+  except KeyboardInterrupt:
+    print('mtlp: interrupted', file=sys.stderr)
+    return 130
   except ConfigError as e:
     if args.verbose:
       raise

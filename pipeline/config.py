@@ -9,6 +9,7 @@ nothing else re-derives the feature or task list.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -639,6 +640,38 @@ def span_specs(pattern: str) -> Tuple[bool, bool]:
   the {YYYY} {MM} {DD} date specs: how TFX's ExampleGen driver finds spans."""
   return (bool(re.search(r'\{SPAN(:[^}]*)?\}', pattern)),
           all(spec in pattern for spec in ('{YYYY}', '{MM}', '{DD}')))
+
+
+_REMOTE = re.compile(r'^[a-z][a-z0-9+.-]*://')
+_PATTERN_SPECS = re.compile(r'\{(SPAN|VERSION)(:[^}]*)?\}|\{YYYY\}|\{MM\}|\{DD\}')
+
+
+def check_inputs(config: PipelineConfig) -> List[str]:
+  """Checks, before a run starts, that what it reads is there: the input directory
+  (`data.input_base`), at least one file matching `data.file_pattern` in it (its span and
+  date specs as wildcards), and the curated schema (`data.schema`). Raises ConfigError naming
+  the key. Remote storage (gs://, s3://) is left to the run itself: returns a note per such
+  path, saying it was not checked."""
+  data = config.data
+  notes = []
+  if _REMOTE.match(data.input_base):
+    notes.append(f'data.input_base {data.input_base} is remote: not checked')
+  elif not os.path.isdir(data.input_base):
+    raise ConfigError(f'data.input_base: {data.input_base} is not a directory'
+                      + ('' if os.path.exists(data.input_base) else ' (it does not exist)'))
+  else:
+    wildcard = _PATTERN_SPECS.sub('*', data.file_pattern)
+    if not glob.glob(os.path.join(data.input_base, wildcard)):
+      raise ConfigError(f'data.file_pattern: no file under data.input_base '
+                        f'{data.input_base} matches {data.file_pattern!r} (as the glob '
+                        f'{wildcard!r})')
+  if data.schema:
+    if _REMOTE.match(data.schema):
+      notes.append(f'data.schema {data.schema} is remote: not checked')
+    elif not os.path.isfile(data.schema):
+      raise ConfigError(f'data.schema: {data.schema} does not exist (remove the key to let '
+                        'SchemaGen infer a schema)')
+  return notes
 
 
 def _check_task_inputs(tasks: Sequence[TaskConfig]) -> None:

@@ -9,9 +9,12 @@ Layout of a run's output directory:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Dict, Iterator, List, Optional
 
 from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
@@ -33,6 +36,41 @@ class PipelineRunError(RuntimeError):
     self.summary = summary
 
 
+class RunInterrupted(PipelineRunError):
+  """The run was interrupted (Ctrl-C); `summary` says so and holds what it did up to then."""
+
+
+class OutputDirBusy(RuntimeError):
+  """Another run is using the output directory."""
+
+
+LOCK_FILE = '.run.lock'
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str) -> Iterator[None]:
+  """Holds an exclusive lock on `<output_dir>/.run.lock` (with this process's id in it), so two
+  runs never share one output directory (its ML Metadata, pipeline root and run summary): the
+  second raises OutputDirBusy naming the first. The lock goes with the process, even killed."""
+  path = os.path.join(output_dir, LOCK_FILE)
+  handle = open(path, 'a+')  # pylint: disable=consider-using-with
+  try:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or 'unknown'
+      raise OutputDirBusy(f'output directory {output_dir} is in use by another run ({holder}); '
+                          'wait for it to finish or choose another --output') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}')
+    handle.flush()
+    yield
+  finally:
+    handle.close()
+
+
 def metadata_config(output_dir: str):
   return tfx.orchestration.metadata.sqlite_metadata_connection_config(
       os.path.join(output_dir, 'metadata.sqlite'))
@@ -43,10 +81,19 @@ def run_local(config: PipelineConfig, output_dir: str,
               enable_cache: bool = True) -> Dict[str, Any]:
   """Runs the whole pipeline and returns (and writes) the run summary.
 
-  Raises PipelineRunError, after writing the summary, when a component fails.
+  Raises PipelineRunError, after writing the summary, when a component fails; RunInterrupted
+  (the summary marked `interrupted`) on Ctrl-C; OutputDirBusy when another run holds the
+  output directory. ML Metadata is left as the run left it, so the next run with the same
+  output directory reuses what finished.
   """
   output_dir = os.path.abspath(output_dir)
   os.makedirs(output_dir, exist_ok=True)
+  with output_dir_lock(output_dir):
+    return _run_locked(config, output_dir, beam_pipeline_args, enable_cache)
+
+
+def _run_locked(config: PipelineConfig, output_dir: str,
+                beam_pipeline_args: Optional[List[str]], enable_cache: bool) -> Dict[str, Any]:
   connection = metadata_config(output_dir)
   pipeline = create_pipeline(
       config,
@@ -59,16 +106,24 @@ def run_local(config: PipelineConfig, output_dir: str,
   # called us (pytest's -v, say, which absl reads as --verbosity) are not theirs to read.
   caller_argv = sys.argv
   sys.argv = caller_argv[:1]
+  interrupted = False
   try:
     tfx.orchestration.LocalDagRunner().run(pipeline)
+  except KeyboardInterrupt:
+    interrupted = True
   except Exception as e:  # pylint: disable=broad-except
     error = e
   finally:
     sys.argv = caller_argv
   summary = build_summary(config, metadata_store.MetadataStore(connection))
-  if error is not None:
+  summary['interrupted'] = interrupted
+  if interrupted:
+    summary['error'] = 'interrupted (Ctrl-C)'
+  elif error is not None:
     summary['error'] = f'{type(error).__name__}: {error}'
   summary['summary_path'] = write_summary(summary, output_dir)
+  if interrupted:
+    raise RunInterrupted('interrupted (Ctrl-C)', summary)
   if error is not None:
     raise PipelineRunError(str(error), summary) from error
   return summary

@@ -88,3 +88,29 @@ def copy_e2e_run(e2e_run, dest):
   shutil.copytree(e2e_run['run_dir'], dest / 'run')
   shutil.copytree(e2e_run['root'] / 'serving', dest / 'serving')
   return dest
+
+
+def prediction_differences(e2e_run, model_dir, count=500):
+  """Per task, the mean relative difference between the predictions of the serving model in
+  `model_dir` and of the shared run's Trainer model, on the first `count` records of the
+  shared log (serialized tf.Examples through `serving_default`)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from components.records import record_to_example  # pylint: disable=g-import-not-at-top
+  from trainer.export import SERVING_SIGNATURE  # pylint: disable=g-import-not-at-top
+  config = e2e_run['config']
+  path = sorted(str(p) for p in e2e_run['logs'].glob('day=2026-11-01/*.gz'))[0]
+  with gzip.open(path, 'rt') as f:
+    records = [json.loads(next(f)) for _ in range(count)]
+  examples = tf.constant([record_to_example(r, config, with_labels=False).SerializeToString()
+                          for r in records])
+
+  def predict(directory):
+    loaded = tf.saved_model.load(directory, tags=['serve'])
+    return {k: v.numpy() for k, v in loaded.signatures[SERVING_SIGNATURE](
+        examples=examples).items()}
+
+  mine = predict(model_dir)
+  theirs = predict(os.path.join(output_uri(e2e_run, 'Trainer', 'model'), 'Format-Serving'))
+  return {task.name: float(np.abs(mine[task.name] - theirs[task.name]).mean()) /
+          max(float(np.abs(theirs[task.name]).mean()), 1e-6) for task in config.tasks}

@@ -1,5 +1,6 @@
-"""MMoE and ESMM through the whole local pipeline (shared log and run directory, so the second
-run reuses the cached ingestion and Transform from ML Metadata)."""
+"""MMoE and ESMM through the whole local pipeline, in a copy of the shared run's directory:
+both reuse its cached ingestion and Transform from ML Metadata (the model and the tasks'
+thresholds and inputs are not part of what ingestion and Transform receive)."""
 
 import dataclasses
 import gzip
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from components.records import record_to_example
-from conftest import sample_config
+from conftest import copy_e2e_run
 from pipeline.config import Threshold
 
 MODELS = {
@@ -20,16 +21,14 @@ MODELS = {
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(e2e_run, tmp_path_factory):
   from pipeline.local_runner import run_local  # pylint: disable=g-import-not-at-top
-  from pipeline.sample_logs import generate_logs  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('architectures')
-  written = generate_logs(str(root / 'logs'), rows=5000, days=2, seed=21)
+  root = copy_e2e_run(e2e_run, tmp_path_factory.mktemp('architectures') / 'copy')
   results = {}
   for name, model in MODELS.items():
-    config = sample_config(data={'input_base': str(root / 'logs')},
-                           serving={'push_dir': str(root / f'serving-{name}')},
-                           training={'train_steps': 100, 'eval_steps': 20}, model=model)
+    config = e2e_run['config'].with_overrides(
+        serving={'push_dir': str(root / f'serving-{name}')},
+        training={'train_steps': 100, 'eval_steps': 20}, model=model)
     tasks = []
     for task in config.tasks:
       if task.type == 'binary':
@@ -39,7 +38,8 @@ def runs(tmp_path_factory):
       tasks.append(task)
     config = dataclasses.replace(config, tasks=tuple(tasks))
     results[name] = (config, run_local(config, str(root / 'run')))
-  with gzip.open(written['log_files'][0], 'rt') as f:
+  log_file = sorted(str(p) for p in e2e_run['logs'].glob('day=2026-11-01/*.gz'))[0]
+  with gzip.open(log_file, 'rt') as f:
     records = [json.loads(next(f)) for _ in range(50)]
   return results, records
 
@@ -56,11 +56,12 @@ def test_architecture_is_blessed_and_pushed(runs, name):
     assert task_summary['sigma'] > 0
 
 
-def test_second_run_reused_cached_ingestion_and_transform(runs):
-  components = runs[0]['esmm'][1]['components']  # the second run in the shared directory
-  for name in ('LogExampleGen', 'StatisticsGen', 'Transform'):
-    assert components[name]['state'] == 'CACHED', (name, components[name])
-  assert components['Trainer']['state'] == 'COMPLETE'
+def test_other_architectures_reuse_cached_ingestion_and_transform(runs):
+  for model in MODELS:
+    components = runs[0][model][1]['components']
+    for name in ('LogExampleGen', 'StatisticsGen', 'Transform'):
+      assert components[name]['state'] == 'CACHED', (model, name, components[name])
+    assert components['Trainer']['state'] == 'COMPLETE'
 
 
 def test_served_esmm_returns_ctr_cvr_ctcvr(runs):

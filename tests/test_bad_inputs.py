@@ -297,6 +297,13 @@ def test_utf8_byte_order_mark_is_stripped_and_counted(ingested):
   assert ingested['counts']['num_files_with_bom'] == 1
 
 
+def test_a_field_named_twice_in_a_record_is_quarantined(ingested):
+  """JSON parsers keep one of the two values silently; which one differs between parsers.
+  Text that looks like a repeated key inside a string value is not one."""
+  _check_case(ingested, 'duplicate_key.jsonl', {1: 'duplicate_key:click'})
+  assert ingested['users']['corpus-dupkey-2'] == 1
+
+
 def test_every_line_is_ingested_or_quarantined(ingested):
   counts = ingested['counts']
   lines = GOOD_ROWS + len(_corpus_lines('duplicates.jsonl'))  # the replayed copy

@@ -1,8 +1,11 @@
 """`mtlp` as a user runs it: progress lines and a summary on the terminal, the rest in the log."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -40,6 +43,88 @@ def test_user_errors_give_one_line_and_exit_code_2(tmp_path):
   bad.write_text('name: x\nfeatures: []\n')
   result = _mtlp('validate-config', '--config', str(bad))
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _config_file(tmp_path, **data):
+  with open(SAMPLE_CONFIG) as f:
+    raw = yaml.safe_load(f)
+  raw['data'].update(data)
+  path = tmp_path / 'config.yaml'
+  path.write_text(yaml.safe_dump(raw))
+  return str(path)
+
+
+def test_missing_inputs_are_named_before_a_run_starts(tmp_path, capsys):
+  """validate-config and run check the log directory, that the file pattern matches a file
+  in it, and the schema file, naming the key, instead of failing a minute into the run."""
+  logs = tmp_path / 'logs'
+  schema = os.path.join(REPO, 'schemas', 'impressions_schema.pbtxt')
+  cases = [
+      ({'input_base': str(logs), 'schema': schema},
+       f'data.input_base: {logs} is not a directory (it does not exist)'),
+      ({'input_base': str(tmp_path / 'empty'), 'schema': schema},
+       f"data.file_pattern: no file under data.input_base {tmp_path / 'empty'} matches "
+       f"'day={{YYYY}}-{{MM}}-{{DD}}/*.jsonl*' (as the glob 'day=*-*-*/*.jsonl*')"),
+  ]
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'day=2026-11-01').mkdir()  # a partition, but no file in it
+  (tmp_path / 'day=2026-11-01').mkdir()
+  (tmp_path / 'day=2026-11-01' / 'part.jsonl').write_text('{}\n')
+  cases.append(({'input_base': str(tmp_path), 'schema': str(tmp_path / 'schema.pbtxt')},
+                f'data.schema: {tmp_path / "schema.pbtxt"} does not exist'))
+  for data, message in cases:
+    config = _config_file(tmp_path, **data)
+    for command in (['validate-config'], ['run', '--output', str(tmp_path / 'run')]):
+      assert cli.main(command + ['--config', config]) == 2
+      err = capsys.readouterr().err
+      assert err.startswith(f'mtlp: config error: {message}'), (command, err)
+  assert not (tmp_path / 'run').exists()
+  config = _config_file(tmp_path, input_base=str(tmp_path), schema=schema)
+  assert cli.main(['validate-config', '--config', config]) == 0
+  remote = _config_file(tmp_path, input_base='gs://bucket/logs', schema=schema)
+  assert cli.main(['validate-config', '--config', remote]) == 0
+  assert 'data.input_base gs://bucket/logs is remote: not checked' in capsys.readouterr().out
+
+
+def test_a_second_run_into_the_same_output_directory_is_refused(e2e_run, tmp_path, capsys):
+  """Two runs sharing one output directory would share its ML Metadata and run summary, and
+  each report the other's push: the second refuses, naming the first."""
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  output = tmp_path / 'run'
+  output.mkdir()
+  config = tmp_path / 'config.yaml'
+  config.write_text(yaml.safe_dump(e2e_run['config'].to_dict()))
+  with local_runner.output_dir_lock(str(output)):
+    assert cli.main(['run', '--config', str(config), '--output', str(output)]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(
+      f'mtlp: output directory {output} is in use by another run (pid {os.getpid()}, '
+      'started '), err
+  assert not (output / 'metadata.sqlite').exists()
+
+
+def test_ctrl_c_prints_one_line_and_marks_the_summary(e2e_run, tmp_path):
+  root = copy_e2e_run(e2e_run, tmp_path / 'interrupted')
+  config_path = root / 'config.yaml'
+  config_path.write_text(yaml.safe_dump(e2e_run['config'].to_dict()))
+  log = root / 'run' / 'run.log'
+  process = subprocess.Popen(
+      [MTLP, 'run', '--config',
+       str(config_path), '--output', str(root / 'run'), '--no-cache'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and process.poll() is None and not (
+      log.exists() and 'Component LogExampleGen is running' in log.read_text(errors='replace')):
+    time.sleep(0.5)
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 130, (out[-2000:], err[-3000:])
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith('interrupted after '), err[-3000:]
+  assert 'Traceback' not in err and 'Traceback' not in out
+  with open(root / 'run' / 'run_summary.json') as f:
+    summary = json.load(f)
+  assert summary['interrupted'] is True and summary['error'] == 'interrupted (Ctrl-C)'
 
 
 def test_zero_train_steps_is_refused_not_ignored(tmp_path, capsys):

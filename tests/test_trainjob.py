@@ -11,25 +11,21 @@ train together and the chief's model matches the shared 1-worker run's.
 
 import copy
 import dataclasses
-import gzip
 import json
 import os
 
-import numpy as np
 import pytest
-import tensorflow as tf
 import yaml
 
 from components import kubernetes_training as kt
 from components.distributed_trainer import Executor
 from components.training_worker import DistributedTrainingError, _artifacts
-from conftest import REPO, output_uri, sample_config
+from conftest import REPO, prediction_differences, sample_config
 from crd_schema import crd_errors
 from pipeline.config import ConfigError
 from pipeline.kubeflow import manifests
 from pipeline.local_runner import job_for_local_run
 from trainer import cluster as trainer_cluster
-from trainer.export import SERVING_SIGNATURE
 import trainer_v2_cluster as standin
 
 DEPLOY = os.path.join(REPO, 'deploy')
@@ -283,12 +279,6 @@ def test_a_failed_node_fails_the_step_with_its_own_error(cluster_factory):
 # Executed: the Trainer step creates a TrainJob whose two nodes train together.
 
 
-def _predictions(model_dir, examples):
-  loaded = tf.saved_model.load(model_dir, tags=['serve'])
-  outputs = loaded.signatures[SERVING_SIGNATURE](examples=tf.constant(examples))
-  return {name: value.numpy() for name, value in outputs.items()}
-
-
 @pytest.fixture(scope='module')
 def trainjob_step(e2e_run, tmp_path_factory):
   """The Trainer step's executor, `kubeflow.trainer: trainjob`, 2 workers (per-replica batch
@@ -341,19 +331,8 @@ def test_trainjob_nodes_train_together_and_the_model_matches_one_worker(e2e_run,
   # The chief's model against the shared 1-worker run's (batch 256, same steps and seed): the
   # same global batches, so the same predictions up to float summation order (measured: a
   # mean relative difference of about 1e-7 per task).
-  model = os.path.join(trainjob_step['out'], 'model', 'Format-Serving')
-  single = os.path.join(output_uri(e2e_run, 'Trainer', 'model'), 'Format-Serving')
-  path = sorted(str(p) for p in e2e_run['logs'].glob('day=2026-11-01/*.gz'))[0]
-  from components.records import record_to_example  # pylint: disable=g-import-not-at-top
-  with gzip.open(path, 'rt') as f:
-    records = [json.loads(next(f)) for _ in range(500)]
-  examples = [record_to_example(r, e2e_run['config'], with_labels=False).SerializeToString()
-              for r in records]
-  mine, theirs = _predictions(model, examples), _predictions(single, examples)
-  differences = {}
-  for task in e2e_run['config'].tasks:
-    scale = max(float(np.abs(theirs[task.name]).mean()), 1e-6)
-    differences[task.name] = float(np.abs(mine[task.name] - theirs[task.name]).mean()) / scale
+  differences = prediction_differences(
+      e2e_run, os.path.join(trainjob_step['out'], 'model', 'Format-Serving'))
   print('mean relative difference of the predictions, 2 TrainJob nodes vs 1 worker:',
         differences)
   assert all(d < 1e-4 for d in differences.values()), differences
