@@ -15,7 +15,7 @@ DAYS ?= 3
 CONFIG ?= schemas/impressions.yaml
 OUTPUT ?= runs/local
 
-.PHONY: setup browser run test lock clean
+.PHONY: setup browser iproute2 run test lock clean
 
 setup: $(VENV)/.installed
 
@@ -39,7 +39,14 @@ run: setup
 	$(BIN)/mtlp run --config $(CONFIG) --output $(OUTPUT)
 	$(BIN)/mtlp report $(OUTPUT)
 
-test: setup browser
+# The Kubeflow Trainer executing test runs each node in a network namespace (Debian's iproute2).
+iproute2:
+	@command -v ip >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq iproute2 >/dev/null; }
+
+test: setup browser iproute2
 	$(BIN)/python -m pytest tests -v --durations=15
 
 # Re-resolve the pinned set from requirements/requirements.in.
