@@ -40,11 +40,6 @@ from components.training_worker import DistributedTrainingError, job_description
 from pipeline.config import PipelineConfig
 from trainer.preprocessing import CONFIG_KEY
 
-# kubeflow.trainer -> the Kubernetes job it creates, and the longest name that kind allows.
-_KUBERNETES_JOBS = {'tfjob': (kubernetes_training.tfjob_manifest, 59),
-                    'trainjob': (kubernetes_training.trainjob_manifest, 44)}
-
-
 # ---------------------------------------------------------------------------------------------
 # The component.
 
@@ -65,17 +60,16 @@ class Executor(trainer_executor.GenericExecutor):
         exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or 'null') or {}
     config = PipelineConfig.from_json(custom_config[CONFIG_KEY])
     trainer = config.kubeflow.trainer
-    on_kubernetes = trainer in _KUBERNETES_JOBS and kubernetes_training.in_kubernetes_pod()
+    on_kubernetes = (trainer in kubernetes_training.JOB_KINDS
+                     and kubernetes_training.in_kubernetes_pod())
     if config.training.workers == 1 and not on_kubernetes:
       super().Do(input_dict, output_dict, exec_properties)
       return
     model_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.MODEL_KEY])
     job = job_description(input_dict, output_dict, exec_properties)
     if on_kubernetes:
-      make_manifest, max_name = _KUBERNETES_JOBS[trainer]
       namespace = config.kubeflow.namespace or kubernetes_training.own_namespace()
-      manifest = make_manifest(config, job, kubernetes_training.job_name(
-          config, model_uri, max_name), namespace)
+      manifest = kubernetes_training.job_manifest(config, job, model_uri, namespace)
       kubeflow = config.kubeflow
       if trainer == 'trainjob':
         kubernetes_training.submit_and_wait(manifest, kubeflow.trainjob_timeout_seconds,
@@ -83,7 +77,7 @@ class Executor(trainer_executor.GenericExecutor):
       else:
         kubernetes_training.submit_and_wait(manifest, kubeflow.tfjob_timeout_seconds)
     else:
-      if trainer in _KUBERNETES_JOBS:
+      if trainer in kubernetes_training.JOB_KINDS:
         logging.info('kubeflow.trainer is %s, but this is not a Kubernetes pod: training '
                      'with %d local workers', trainer, config.training.workers)
       result = run_local_workers(job, config.training.workers, config.training)

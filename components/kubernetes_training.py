@@ -263,6 +263,17 @@ def trainjob_manifest(config: PipelineConfig, job: Dict[str, Any], name: str,
   }
 
 
+# kubeflow.trainer -> the manifest of the job it creates, and the longest name that kind allows.
+JOB_KINDS = {'tfjob': (tfjob_manifest, 59), 'trainjob': (trainjob_manifest, 44)}
+
+
+def job_manifest(config: PipelineConfig, job: Dict[str, Any], model_uri: str,
+                 namespace: str) -> Dict[str, Any]:
+  """The TFJob or TrainJob (`kubeflow.trainer`) for one Trainer execution (`job_name`)."""
+  make, max_name = JOB_KINDS[config.kubeflow.trainer]
+  return make(config, job, job_name(config, model_uri, max_name), namespace)
+
+
 # ---------------------------------------------------------------------------------------------
 # State and failures, from the Kubernetes JSON (camelCase) of the job and its pods.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from tfx.types import standard_artifacts
 
@@ -21,7 +21,6 @@ from pipeline.pipeline import trainer_properties
 
 EXAMPLE_IMAGE = 'REGISTRY/mtl-pipeline:TAG'
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_MAX_NAME = {'tfjob': 59, 'trainjob': 44}
 
 
 def _example_config(trainer: str) -> PipelineConfig:
@@ -56,12 +55,9 @@ def example_job(trainer: str) -> Dict[str, Any]:
   }
   outputs = {'model': [artifact(standard_artifacts.Model, f'{run}/Trainer/model')],
              'model_run': [artifact(standard_artifacts.ModelRun, f'{run}/Trainer/model_run')]}
-  make: Callable[..., Dict[str, Any]] = (kubernetes_training.trainjob_manifest
-                                         if trainer == 'trainjob'
-                                         else kubernetes_training.tfjob_manifest)
-  name = kubernetes_training.job_name(config, outputs['model'][0].uri, _MAX_NAME[trainer])
-  return make(config, job_description(inputs, outputs, trainer_properties(config)), name,
-              config.kubeflow.namespace)
+  return kubernetes_training.job_manifest(
+      config, job_description(inputs, outputs, trainer_properties(config)),
+      outputs['model'][0].uri, config.kubeflow.namespace)
 
 
 # File in deploy/ -> (what it is, how it is made).
