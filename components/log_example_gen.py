@@ -27,7 +27,10 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
 - no records at all in the window (no lines, or only empty files and blank lines) fails the
   component with a message naming the input and the files found;
 - if the rejected fraction exceeds `data.max_rejected_fraction`, the component fails with the
-  top reasons and the quarantine location, before anything trains on the data.
+  top reasons and the quarantine location, before anything trains on the data;
+- each split's example count is kept (`examples_by_split` in `counts.json`); a split left
+  empty (every record quarantined, or a split key with too few values for the eval share)
+  fails the component, naming the split, the counts and the likely cause.
 
 Train/eval are split by a hash of the config's split key (`partition_feature_name`), so a user
 is never in both splits.
@@ -115,6 +118,9 @@ DUPLICATE = 'duplicate'
 UNREADABLE_FILE = 'unreadable_file'
 # counts.json lists at most this many unknown field names (the most frequent) and empty files.
 MAX_LISTED = 100
+# Distinct split-key values counted per split, at most (enough to explain an empty split).
+SPLIT_KEYS_COUNTED = 10
+_SPLIT_COUNTS_DIR = 'split_counts'
 _MAX_FIELD_NAME_CHARS = 200
 
 
@@ -540,7 +546,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         _NUM_BUCKETS: spill.buckets_for(_estimated_input_bytes(exec_properties),
                                         SPILL_BYTES_PER_BUCKET)})
     try:
-      self._write_examples(examples, exec_properties)
+      by_split = self._write_examples(examples, exec_properties)
     finally:
       if tf.io.gfile.exists(spill_uri):
         tf.io.gfile.rmtree(spill_uri)
@@ -557,6 +563,9 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     ] if any(span_specs(exec_properties[SPAN_PATTERN_KEY])) else []
     quarantine.set_int_custom_property('num_empty_files', counts['num_empty_files'])
     quarantine.set_string_custom_property('unknown_fields', json.dumps(counts['unknown_fields']))
+    counts['examples_by_split'] = {name: split['count'] for name, split in by_split.items()}
+    quarantine.set_string_custom_property('examples_by_split',
+                                          json.dumps(counts['examples_by_split']))
     with tf.io.gfile.GFile(os.path.join(quarantine.uri, COUNTS_FILE), 'w') as f:
       f.write(json.dumps(dict(counts, spans=spans), sort_keys=True))
 
@@ -580,13 +589,27 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
           f'above data.max_rejected_fraction={config.data.max_rejected_fraction:.2%}. '
           f'Top reasons: {", ".join(f"{r} ({n})" for r, n in top)}. '
           f'Quarantined records: {_preserve(quarantine.uri)}')
+    if counts['num_ingested'] == 0:
+      top = collections.Counter(counts['reasons']).most_common(3)
+      raise RuntimeError(
+          f'All {total} log records were quarantined (top reasons: '
+          f'{", ".join(f"{r} ({n})" for r, n in top)}), so the train and eval splits are empty '
+          f'(data.max_rejected_fraction={config.data.max_rejected_fraction:.2%} let the '
+          'ingestion pass). Nothing to train on; the run stops before StatisticsGen and '
+          f'Transform. Quarantined records: {_preserve(quarantine.uri)}')
+    message = empty_split_message(by_split, config)
+    if message:
+      raise RuntimeError(message)
 
 
   def _write_examples(self, examples: List[types.Artifact],
-                      exec_properties: Dict[str, Any]) -> None:
+                      exec_properties: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """BaseExampleGenExecutor.Do, but each split is put in random order by `spill.Shuffle`
     instead of TFX's WriteSplit, whose Reshuffle the local DirectRunner holds in memory whole
-    (see components/spill.py). Same files: `Split-<name>/data_tfrecord-*.gz`."""
+    (see components/spill.py). Same files: `Split-<name>/data_tfrecord-*.gz`.
+
+    Returns {split: {'count': examples, 'keys': up to SPLIT_KEYS_COUNTED + 1 distinct values
+    of the split key, sorted}}."""
     input_config = example_gen_pb2.Input()
     proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
                               input_config)
@@ -597,6 +620,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     artifact.split_names = artifact_utils.encode_split_names(
         example_gen_utils.generate_output_split_names(input_config, output_config))
     share = {split.name: split.hash_buckets for split in output_config.split_config.splits}
+    split_key = output_config.split_config.partition_feature_name
+    counts_uri = os.path.join(exec_properties[_SPILL_URI], _SPLIT_COUNTS_DIR)
     with self._make_beam_pipeline() as pipeline:
       for name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
         # The split's share of the window's buckets.
@@ -614,10 +639,96 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
              | f'Write[{name}]' >> beam.io.Write(_ExamplesSink(
                  os.path.join(artifact_utils.get_split_uri(examples, name),
                               write_split.DEFAULT_TF_RECORD_FILE_NAME))))
+        _ = (split
+             | f'CountSplit[{name}]' >> beam.CombineGlobally(
+                 _SplitCounter(split_key, SPLIT_KEYS_COUNTED + 1))
+             | f'WriteSplitCounts[{name}]' >> beam.io.WriteToText(
+                 os.path.join(counts_uri, name), shard_name_template=''))
     examples_utils.set_payload_format(
         artifact, exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY])
     examples_utils.set_file_format(artifact, write_split.to_file_format_str(
         exec_properties[standard_component_specs.OUTPUT_FILE_FORMAT_KEY]))
+    by_split = {}
+    for name in share:
+      with tf.io.gfile.GFile(os.path.join(counts_uri, name)) as f:
+        by_split[name] = json.loads(f.read())
+    return by_split
+
+
+class _SplitCounter(beam.CombineFn):
+  """A split's example count and up to `limit` distinct values of the split key (sorted, as
+  text): enough to tell a key with one value from one with many. Past `limit` values an
+  example costs one addition."""
+
+  def __init__(self, split_key: str, limit: int):
+    super().__init__()
+    self._split_key = split_key
+    self._limit = limit
+
+  def create_accumulator(self):
+    return [0, set()]
+
+  def add_input(self, accumulator, example: tf.train.Example):
+    accumulator[0] += 1
+    if len(accumulator[1]) < self._limit:
+      accumulator[1].add(_feature_text(example, self._split_key))
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    count, keys = 0, set()
+    for n, more in accumulators:
+      count += n
+      keys |= more
+    return [count, set(sorted(keys)[:self._limit])]
+
+  def extract_output(self, accumulator) -> str:
+    return json.dumps({'count': accumulator[0], 'keys': sorted(accumulator[1])})
+
+
+def _feature_text(example: tf.train.Example, name: str) -> str:
+  """A feature's first value as text ('' when absent or empty)."""
+  feature = example.features.feature.get(name)
+  if feature is None:
+    return ''
+  if feature.bytes_list.value:
+    return feature.bytes_list.value[0].decode('utf-8', errors='replace')
+  if feature.int64_list.value:
+    return str(feature.int64_list.value[0])
+  return ''
+
+
+def empty_split_message(by_split: Dict[str, Dict[str, Any]],
+                        config: PipelineConfig) -> Optional[str]:
+  """Why a split is empty when the other is not, or None when no split is empty.
+
+  `by_split` is what `_write_examples` returns. The likely causes: the split key takes too few
+  values (the split hashes each value into SPLIT_BUCKETS buckets, so one value puts every
+  record in one split), or an eval share too small for the number of values.
+  """
+  empty = [name for name, split in by_split.items() if split['count'] == 0]
+  if not empty or len(empty) == len(by_split):
+    return None
+  name = empty[0]
+  total = sum(split['count'] for split in by_split.values())
+  holders = ', '.join(f'{other} {split["count"]}' for other, split in by_split.items()
+                      if split['count'])
+  keys = sorted({key for split in by_split.values() for key in split['keys']})
+  key = config.data.split_key
+  eval_buckets = round(config.data.eval_fraction * SPLIT_BUCKETS)
+  share = eval_buckets if name == 'eval' else SPLIT_BUCKETS - eval_buckets
+  if len(keys) <= SPLIT_KEYS_COUNTED:
+    shown = ', '.join(repr(k) for k in keys[:3]) + (', ...' if len(keys) > 3 else '')
+    values = f'only {len(keys)} distinct value(s) of {key!r} ({shown})'
+    advice = ('set data.split_key to a field with many values (a user or request id), or '
+              'log more of them')
+  else:
+    values = f'more than {SPLIT_KEYS_COUNTED} distinct values of {key!r}, none in its buckets'
+    advice = 'log more distinct values, or set data.eval_fraction so each split has a share'
+  return (f'The {name} split is empty: all {total} ingested examples went to the other split '
+          f'({holders}). The split hashes data.split_key ({key!r}) into {SPLIT_BUCKETS} '
+          f'buckets and data.eval_fraction={config.data.eval_fraction} gives {name} {share} of '
+          f'them, but the window holds {values}. Likely cause: too few split-key values; '
+          f'{advice}. The run stops before StatisticsGen and Transform.')
 
 
 class _ExamplesSink(tfrecordio._TFRecordSink):  # pylint: disable=protected-access

@@ -9,6 +9,7 @@ runs of their own.
 
 import collections
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -325,6 +326,10 @@ def test_run_summary_carries_the_ingestion_counts(ingested):
   assert ingestion == dict(ingested['counts'], quarantine_uri=ingested['quarantine_uri'])
   assert ingestion['reasons']['malformed_json'] == 2 + 4  # malformed_json.jsonl, duplicates
   assert ingestion['unknown_fields']['experiment_arm'] == 2
+  # Counted by LogExampleGen as it writes the splits: what the shards hold.
+  assert ingestion['examples_by_split'] == {
+      split: sum(len(records) for _, records in ingested['files'][f'Split-{split}'])
+      for split in ('train', 'eval')}
 
 
 def test_window_without_records_stops_before_transform(tmp_path):
@@ -347,6 +352,57 @@ def test_window_without_records_stops_before_transform(tmp_path):
   assert ran['LogExampleGen']['state'] == 'FAILED'
   assert set(ran) <= {'LogExampleGen', 'ImportSchemaGen'}
   assert not (tmp_path / 'serving').exists()
+
+
+def _stopped_run(tmp_path, **data):
+  """A run_local over `tmp_path/logs` that must stop in LogExampleGen: (message, summary)."""
+  config = sample_config(data=dict(input_base=str(tmp_path / 'logs'), **data),
+                         serving={'push_dir': str(tmp_path / 'serving')})
+  with pytest.raises(PipelineRunError) as e:
+    run_local(config, str(tmp_path / 'run'))
+  summary = e.value.summary
+  assert summary['components']['LogExampleGen']['state'] == 'FAILED'
+  assert set(summary['components']) <= {'LogExampleGen', 'ImportSchemaGen'}
+  assert str(e.value) in summary['error']
+  assert not (tmp_path / 'serving').exists()
+  return str(e.value), summary
+
+
+def test_split_key_with_one_value_stops_naming_the_empty_split(tmp_path):
+  """Every record of one user: the user's hash bucket takes them all, the other split is
+  empty. The stop names the split, the counts and the split key's single value."""
+  generate_logs(str(tmp_path / 'generated'), rows=60, days=1, seed=5, compress=False)
+  day = tmp_path / 'logs' / 'day=2026-11-01'
+  day.mkdir(parents=True)
+  with open(tmp_path / 'generated' / 'day=2026-11-01' / 'impressions.jsonl') as f, \
+       open(day / 'impressions.jsonl', 'w') as out:
+    for line in f:
+      out.write(json.dumps(dict(json.loads(line), user_id='u-only')) + '\n')
+  bucket = int(hashlib.sha256(b'u-only').hexdigest(), 16) % 100  # TFX's _PartitionFn
+  full, empty = ('train', 'eval') if bucket < 80 else ('eval', 'train')
+  message, summary = _stopped_run(tmp_path)
+  assert f'The {empty} split is empty: all 60 ingested examples went to the other split ' \
+         f'({full} 60)' in message, message
+  assert "data.eval_fraction=0.2 gives" in message, message
+  assert "only 1 distinct value(s) of 'user_id' ('u-only')" in message, message
+  assert 'data.split_key' in message
+
+
+def test_all_records_quarantined_stops_before_training(tmp_path):
+  """max_rejected_fraction raised to 1: every record rejected is allowed through the rejection
+  check, but nothing is left to train on, so ingestion stops (it used to reach the Trainer and
+  fail in Keras with "Unexpected result of train_function (Empty logs)")."""
+  day = tmp_path / 'logs' / LATEST
+  day.mkdir(parents=True)
+  for name in ('missing_label.jsonl', 'label_wrong_type.jsonl'):
+    shutil.copy(os.path.join(CORPUS, name), day)
+  message, _ = _stopped_run(tmp_path, max_rejected_fraction=1.0)
+  rejected = len(_corpus_lines('missing_label.jsonl')) + len(_corpus_lines('label_wrong_type.jsonl'))
+  assert f'All {rejected} log records were quarantined (top reasons: ' in message, message
+  assert 'so the train and eval splits are empty' in message
+  assert 'data.max_rejected_fraction=100.00%' in message
+  quarantined = message.rsplit('Quarantined records: ', 1)[1].rstrip('.')
+  assert len(read_quarantined(quarantined)) == rejected
 
 
 def test_no_log_file_at_all_stops_before_ingestion(tmp_path):
