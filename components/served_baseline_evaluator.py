@@ -9,6 +9,13 @@ executor looks at the push directory itself when it runs: the version labelled `
 to the Evaluator as `baseline_model`. With nothing served, TFX's rubber stamp applies: change
 thresholds are dropped and the model is judged on absolute thresholds alone.
 
+A metric that the eval set cannot define is not a number: TFMA reports AUC 0 when every eval
+label of a binary task is one class, and NaN for a calibration without a positive label. The
+executor lists such metrics, with the reason, in `undefined_metrics.json` (and the
+`undefined_metrics` property); a model whose thresholds or comparison with the served model
+read an undefined metric is not blessed (that task could not be evaluated), whatever TFMA's
+validation said about the number it made up.
+
 The evaluation artifact records which version was the baseline (`baseline_version`,
 `baseline_path`), and `sample_predictions.json`: a few eval examples (serialized) with the
 predictions TFMA's PredictionsExtractor made for them. The Pusher turns these into TF Serving
@@ -20,14 +27,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import math
 import shutil
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.metrics import metric_specs
 from tfx import types
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.evaluator import executor as evaluator_executor
@@ -51,6 +60,104 @@ SAMPLE_EXAMPLES_KEY = 'sample_examples'
 SAMPLE_PREDICTIONS_FILE = 'sample_predictions.json'
 BASELINE_VERSION_PROPERTY = 'baseline_version'
 BASELINE_PATH_PROPERTY = 'baseline_path'
+UNDEFINED_METRICS_FILE = 'undefined_metrics.json'
+UNDEFINED_METRICS_PROPERTY = 'undefined_metrics'
+NOT_EVALUATED_PROPERTY = 'not_evaluated'
+CANDIDATE, BASELINE = 'candidate', 'baseline'
+
+
+def metric_values(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice, as
+  TFMA wrote them (NaN included). Without a baseline TFMA leaves the model name empty; that is
+  the candidate."""
+  values: Dict[str, Dict[str, Dict[str, float]]] = {CANDIDATE: {}, BASELINE: {}}
+  for per_slice in tfma.load_metrics(evaluation_uri):
+    if per_slice.slice_key.single_slice_keys:
+      continue
+    for kv in per_slice.metric_keys_and_values:
+      if kv.key.is_diff or not kv.value.HasField('double_value'):
+        continue
+      model = BASELINE if kv.key.model_name == BASELINE else CANDIDATE
+      values[model].setdefault(kv.key.output_name, {})[kv.key.name] = (
+          kv.value.double_value.value)
+  return values
+
+
+def undefined_metrics(values: Mapping[str, Mapping[str, float]]
+                      ) -> Dict[str, Dict[str, str]]:
+  """{output: {metric: why it is undefined}} for one model's metrics ({output: {metric:
+  value}}, TFMA's names). From the labels' counts (`example_count`, `mean_label`), as a
+  binary label's mean is exactly 0 or 1 when all its labels are one class; and any value that
+  is not a finite number."""
+  undefined: Dict[str, Dict[str, str]] = {}
+  for output, metrics in values.items():
+    count = metrics.get('example_count')
+    mean_label = metrics.get('mean_label')
+    reasons: Dict[str, str] = {}
+    for name, value in metrics.items():
+      if name == 'example_count':
+        continue
+      if count == 0:
+        reasons[name] = 'no eval example'
+      elif name == 'auc' and mean_label in (0.0, 1.0):
+        reasons[name] = (f'every eval label is {mean_label:g} ({count:g} examples): AUC needs '
+                         'both classes')
+      elif name == 'calibration' and mean_label == 0.0:
+        reasons[name] = (f'every eval label is 0 ({count:g} examples): calibration divides by '
+                         'the sum of the labels')
+      elif not math.isfinite(value):
+        reasons[name] = f'TFMA computed {value}'
+    if reasons:
+      undefined[output] = reasons
+  return undefined
+
+
+def read_undefined_metrics(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, str]]]:
+  """{'candidate' | 'baseline': {output: {metric: reason}}}; empty when none (or an
+  evaluation written before the file existed)."""
+  path = os.path.join(evaluation_uri, UNDEFINED_METRICS_FILE)
+  if not tf.io.gfile.exists(path):
+    return {CANDIDATE: {}, BASELINE: {}}
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def gated_metrics(eval_config: tfma.EvalConfig, has_baseline: bool
+                  ) -> Dict[str, Dict[str, List[str]]]:
+  """{output: {metric: ['threshold' and/or 'vs_served']}}: the checks that decide the
+  blessing. Change thresholds count only with a served model (TFX rubber-stamps without)."""
+  gated: Dict[str, Dict[str, List[str]]] = {}
+  for spec in eval_config.metrics_specs:
+    for metric in spec.metrics:
+      checks = []
+      if metric.threshold.HasField('value_threshold'):
+        checks.append('threshold')
+      if has_baseline and metric.threshold.HasField('change_threshold'):
+        checks.append('vs_served')
+      if not checks:
+        continue
+      name = metric_specs.metric_instance(metric).name  # TFMA's name: AUC -> auc
+      for output in spec.output_names:
+        gated.setdefault(output, {})[name] = checks
+  return gated
+
+
+def not_evaluated(undefined: Mapping[str, Mapping[str, Mapping[str, str]]],
+                  gated: Mapping[str, Mapping[str, List[str]]]) -> List[str]:
+  """One line per task a blessing check could not evaluate: the undefined metric it reads
+  and why."""
+  lines = []
+  for output, metrics in sorted(gated.items()):
+    for name, checks in sorted(metrics.items()):
+      reason = undefined.get(CANDIDATE, {}).get(output, {}).get(name)
+      model = 'the new model'
+      if reason is None and 'vs_served' in checks:
+        reason = undefined.get(BASELINE, {}).get(output, {}).get(name)
+        model = 'the served model'
+      if reason is not None:
+        lines.append(f'{output} could not be evaluated: {name} of {model} is undefined '
+                     f'({reason})')
+  return lines
 
 
 class ServedBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):
@@ -110,6 +217,8 @@ class Executor(evaluator_executor.Executor):
     finally:
       if temp_dir:
         shutil.rmtree(temp_dir, ignore_errors=True)
+    self._judge_undefined_metrics(evaluation, blessing, exec_properties,
+                                  has_baseline=version is not None)
     baseline_id_key = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
     if version is not None and baseline_id_key in blessing.mlmd_artifact.custom_properties:
       # TFX records the baseline's ML Metadata id, and its Kubeflow entrypoint turns ids into
@@ -122,6 +231,32 @@ class Executor(evaluator_executor.Executor):
     count = int(exec_properties.get(SAMPLE_EXAMPLES_KEY) or 0)
     if count:
       self._write_sample_predictions(input_dict, exec_properties, evaluation.uri, count)
+
+  def _judge_undefined_metrics(self, evaluation: types.Artifact, blessing: types.Artifact,
+                               exec_properties: Dict[str, Any], has_baseline: bool) -> None:
+    """Writes `undefined_metrics.json`; a blessing that reads an undefined metric becomes
+    NOT blessed, naming the task and the reason (`not_evaluated` property)."""
+    values = metric_values(evaluation.uri)
+    undefined = {model: undefined_metrics(values[model]) for model in (CANDIDATE, BASELINE)}
+    with tf.io.gfile.GFile(os.path.join(evaluation.uri, UNDEFINED_METRICS_FILE), 'w') as f:
+      json.dump(undefined, f, indent=2, sort_keys=True)
+    evaluation.set_string_custom_property(UNDEFINED_METRICS_PROPERTY,
+                                          json.dumps(undefined[CANDIDATE], sort_keys=True))
+    eval_config = tfma.EvalConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
+                              eval_config)
+    lines = not_evaluated(undefined, gated_metrics(eval_config, has_baseline))
+    if not lines:
+      return
+    blessing.set_string_custom_property(NOT_EVALUATED_PROPERTY, json.dumps(lines))
+    blessed_file = os.path.join(blessing.uri, evaluator_constants.BLESSED_FILE_NAME)
+    if tf.io.gfile.exists(blessed_file):
+      tf.io.gfile.remove(blessed_file)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri,
+                                        evaluator_constants.NOT_BLESSED_FILE_NAME), 'w') as f:
+      f.write('')
+    blessing.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                     evaluator_constants.NOT_BLESSED_VALUE)
 
   def _write_sample_predictions(self, input_dict: Dict[str, List[Any]],
                                 exec_properties: Dict[str, Any], output_uri: str,

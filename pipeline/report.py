@@ -171,14 +171,15 @@ def _task_rows(summary: Dict[str, Any]) -> str:
       bound = ' and '.join(p for p in (f'&ge; {t["min"]:g}' if t['min'] is not None else '',
                                        f'&le; {t["max"]:g}' if t['max'] is not None else '')
                            if p)
-      checks.append((metric, 'threshold', t['value'], bound, t['passed']))
+      checks.append((metric, 'threshold', t['value'], t.get('undefined'), bound, t['passed']))
     for metric, c in task.get('vs_served', {}).items():
-      served = ('nothing served' if c['baseline_value'] is None else
-                f'served {c["baseline_value"]:.4f}, may regress {c["max_regression"]}')
-      checks.append((metric, 'vs served', c['value'], served, c['passed']))
-    for metric, check, value, rule, passed in checks:
+      served = ('nothing served' if c['passed'] is None else
+                f'served {_fmt(c["baseline_value"])}, may regress {c["max_regression"]}')
+      checks.append((metric, 'vs served', c['value'], c.get('undefined'), served, c['passed']))
+    for metric, check, value, undefined, rule, passed in checks:
+      shown = f'undefined: {html.escape(undefined)}' if undefined else _fmt(value)
       rows.append(f'<tr><td>{html.escape(name)}</td><td>{html.escape(metric)}</td>'
-                  f'<td>{check}</td><td class="num">{_fmt(value)}</td><td>{rule}</td>'
+                  f'<td>{check}</td><td class="num">{shown}</td><td>{rule}</td>'
                   f'{_verdict(passed)}</tr>')
   return '\n'.join(rows)
 

@@ -9,6 +9,7 @@ seconds of each component.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -22,6 +23,8 @@ from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
 from components.log_example_gen import read_counts
+from components.served_baseline_evaluator import (BASELINE, CANDIDATE, NOT_EVALUATED_PROPERTY,
+                                                  metric_values, read_undefined_metrics)
 from components.serving_pusher import PUSH_RECORD_FILE
 from pipeline.config import PipelineConfig, regression_tolerances
 from trainer.run import TRAINING_SUMMARY_FILE
@@ -99,22 +102,17 @@ def _split_counts(statistics: metadata_store_pb2.Artifact) -> Dict[str, int]:
   return counts
 
 
-def _eval_metrics(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
-  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice.
-
-  Without a baseline TFMA leaves the model name empty; that is the candidate.
-  """
-  metrics: Dict[str, Dict[str, Dict[str, float]]] = {'candidate': {}, 'baseline': {}}
-  for per_slice in tfma.load_metrics(evaluation_uri):
-    if per_slice.slice_key.single_slice_keys:
-      continue
-    for kv in per_slice.metric_keys_and_values:
-      if kv.key.is_diff or not kv.value.HasField('double_value'):
-        continue
-      model = 'baseline' if kv.key.model_name == 'baseline' else 'candidate'
-      metrics[model].setdefault(kv.key.output_name, {})[kv.key.name] = (
-          kv.value.double_value.value)
-  return metrics
+def _eval_metrics(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
+  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice;
+  a metric the eval set leaves undefined (served_baseline_evaluator.undefined_metrics) is None,
+  never the number TFMA made up (AUC 0 on one class, NaN)."""
+  values = metric_values(evaluation_uri)
+  undefined = read_undefined_metrics(evaluation_uri)
+  return {model: {output: {name: None if name in undefined.get(model, {}).get(output, {})
+                           or not math.isfinite(value) else value
+                           for name, value in metrics.items()}
+                  for output, metrics in outputs.items()}
+          for model, outputs in values.items()}
 
 
 def _failed_thresholds(evaluation_uri: str) -> List[Dict[str, Any]]:
@@ -173,10 +171,23 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
   all_metrics = (_eval_metrics(evaluation.uri) if evaluation is not None
                  else {'candidate': {}, 'baseline': {}})
   metrics, baseline = all_metrics['candidate'], all_metrics['baseline']
-  failures = _failed_thresholds(evaluation.uri) if evaluation is not None else []
+  undefined = (read_undefined_metrics(evaluation.uri) if evaluation is not None
+               else {CANDIDATE: {}, BASELINE: {}})
   blessing = _output(nodes.get('Evaluator'), 'blessing')
   blessed = bool(_custom(blessing, 'blessed')) if blessing is not None else False
   baseline_version = _custom(evaluation, 'baseline_version') if evaluation is not None else None
+
+  def why_undefined(task: str, metric: str, check: str) -> Optional[str]:
+    reason = undefined[CANDIDATE].get(task, {}).get(metric)
+    if reason is None and check == 'vs_served':
+      reason = undefined[BASELINE].get(task, {}).get(metric)
+      reason = reason and f'served model: {reason}'
+    return reason
+
+  # TFMA's verdict on a number it made up for an undefined metric is no verdict: such checks
+  # are reported as undefined (and the Evaluator did not bless), not as failed thresholds.
+  failures = [f for f in (_failed_thresholds(evaluation.uri) if evaluation is not None else [])
+              if why_undefined(f['task'], f['metric'], f['check']) is None]
 
   tasks = {}
   for task in config.tasks:
@@ -184,25 +195,34 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
     served = baseline.get(task.name, {})
     failed = {(f['metric'], f['check']) for f in failures if f['task'] == task.name}
     learned = training.get('tasks', {}).get(task.name, {})
+    thresholds = {}
+    for name, bound in task.thresholds.items():
+      thresholds[name] = {'min': bound.min, 'max': bound.max, 'value': values.get(name),
+                          'passed': (name, 'threshold') not in failed and
+                                    values.get(name) is not None}
+      reason = why_undefined(task.name, name, 'threshold')
+      if reason:
+        thresholds[name]['undefined'] = reason
+    vs_served = {}
+    for name, tolerance in regression_tolerances(task).items():
+      reason = why_undefined(task.name, name, 'vs_served')
+      vs_served[name] = {
+          'max_regression': tolerance,
+          'value': values.get(name),
+          'baseline_value': served.get(name),
+          # None: nothing served to compare with (judged on thresholds alone).
+          'passed': (None if baseline_version is None
+                     else (name, 'vs_served') not in failed and reason is None)}
+      if reason and baseline_version is not None:
+        vs_served[name]['undefined'] = reason
     tasks[task.name] = {
         'type': task.type,
         'label': task.label,
         'metrics': values,
+        'undefined_metrics': undefined[CANDIDATE].get(task.name, {}),
         'baseline_metrics': served,
-        'thresholds': {
-            name: {'min': bound.min, 'max': bound.max,
-                   'value': values.get(name),
-                   'passed': (name, 'threshold') not in failed and
-                             values.get(name) is not None}
-            for name, bound in task.thresholds.items()},
-        'vs_served': {
-            name: {'max_regression': tolerance,
-                   'value': values.get(name),
-                   'baseline_value': served.get(name),
-                   # None: nothing served to compare with (judged on thresholds alone).
-                   'passed': (None if name not in served
-                              else (name, 'vs_served') not in failed)}
-            for name, tolerance in regression_tolerances(task).items()},
+        'thresholds': thresholds,
+        'vs_served': vs_served,
         'failed_checks': sorted(f'{check}:{metric}' for metric, check in failed),
         'sigma': learned.get('sigma'),
         'loss_weight': learned.get('loss_weight'),
@@ -216,7 +236,9 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
   summary['baseline'] = ({'version': baseline_version,
                           'path': _custom(evaluation, 'baseline_path')}
                          if baseline_version is not None else None)
-  summary['not_blessed_because'] = [
+  not_evaluated = json.loads(_custom(blessing, NOT_EVALUATED_PROPERTY) or '[]'
+                             ) if blessing is not None else []
+  summary['not_blessed_because'] = not_evaluated + [
       _describe_failure(f, baseline) for f in failures] if not blessed else []
   if evaluation is None:
     summary['not_blessed_because'] = ['the Evaluator did not run']
@@ -235,7 +257,25 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
       ('model_run', model_run), ('evaluation', evaluation), ('pushed_model', pushed))
                           if artifact is not None}
   summary['total_wall_seconds'] = round(sum(n['seconds'] for n in nodes.values()), 2)
-  return summary
+  return finite(summary)
+
+
+def finite(value: Any) -> Any:
+  """`value` with every NaN or infinite float replaced by None (JSON has no such numbers:
+  strict parsers reject a file holding a bare NaN)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite(v) for v in value]
+  return value
+
+
+def _shown(value: Optional[float], check: Dict[str, Any]) -> str:
+  if value is not None:
+    return f'{value:.4f}'
+  return 'undefined' if check.get('undefined') else 'n/a'
 
 
 def format_table(summary: Dict[str, Any]) -> str:
@@ -249,20 +289,22 @@ def format_table(summary: Dict[str, Any]) -> str:
                                    f'<={t["max"]:g}' if t['max'] is not None else '') if p)
       value = t['value']
       lines.append(f'{task_name:<12} {metric:<34} '
-                   f'{(f"{value:.4f}" if value is not None else "n/a"):>10} {bound:>16}  '
+                   f'{_shown(value, t):>10} {bound:>16}  '
                    f'{"yes" if t["passed"] else "NO"}')
       shown.add(metric)
     for metric, check in task.get('vs_served', {}).items():
       if check['passed'] is None:
         continue
-      value = check['value']
-      allowed = f'served {check["baseline_value"]:.4f}'
+      value, served = check['value'], check['baseline_value']
+      allowed = f'served {_shown(served, check)}'
       lines.append(f'{task_name:<12} {metric + " vs served":<34} '
-                   f'{(f"{value:.4f}" if value is not None else "n/a"):>10} {allowed:>16}  '
+                   f'{_shown(value, check):>10} {allowed:>16}  '
                    f'{"yes" if check["passed"] else "NO"}')
     for metric in ('auc', 'root_mean_squared_error'):
       if metric in task['metrics'] and metric not in shown:
-        lines.append(f'{task_name:<12} {metric:<34} {task["metrics"][metric]:>10.4f} '
+        value = task['metrics'][metric]
+        lines.append(f'{task_name:<12} {metric:<34} '
+                     f'{(f"{value:.4f}" if value is not None else "undefined"):>10} '
                      f'{"-":>16}  -')
     if task.get('sigma') is not None:
       lines.append(f'{task_name:<12} {"learned sigma / weight":<34} {task["sigma"]:>10.4f} '
@@ -273,5 +315,5 @@ def format_table(summary: Dict[str, Any]) -> str:
 def write_summary(summary: Dict[str, Any], output_dir: str) -> str:
   path = os.path.join(output_dir, SUMMARY_FILE)
   with open(path, 'w') as f:
-    json.dump(summary, f, indent=2, sort_keys=True, default=str)
+    json.dump(finite(summary), f, indent=2, sort_keys=True, default=str, allow_nan=False)
   return path
