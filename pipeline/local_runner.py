@@ -5,6 +5,7 @@ Layout of a run's output directory:
     <output_dir>/pipeline_root/     artifacts of every component
     <output_dir>/metadata.sqlite    ML Metadata (lineage, cache)
     <output_dir>/run_summary.json   written after every run, also a failed one
+    <output_dir>/artifact_files.json  the files of each artifact (see artifact_files.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tfx.types import standard_artifacts
 
 from components.training_worker import job_description
 
+from pipeline import artifact_files
 from pipeline.beam_args import beam_pipeline_args as make_beam_args
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline, trainer_properties
@@ -95,9 +97,13 @@ def run_local(config: PipelineConfig, output_dir: str,
 def _run_locked(config: PipelineConfig, output_dir: str,
                 beam_pipeline_args: Optional[List[str]], enable_cache: bool) -> Dict[str, Any]:
   connection = metadata_config(output_dir)
+  pipeline_root = os.path.join(output_dir, 'pipeline_root')
+  store = metadata_store.MetadataStore(connection)
+  # An artifact that lost files since an earlier run is not reused from the cache.
+  recreated = artifact_files.retire_damaged(store, output_dir) if enable_cache else []
   pipeline = create_pipeline(
       config,
-      pipeline_root=os.path.join(output_dir, 'pipeline_root'),
+      pipeline_root=pipeline_root,
       metadata_connection_config=connection,
       beam_pipeline_args=beam_pipeline_args or make_beam_args(config.beam),
       enable_cache=enable_cache)
@@ -115,8 +121,10 @@ def _run_locked(config: PipelineConfig, output_dir: str,
     error = e
   finally:
     sys.argv = caller_argv
-  summary = build_summary(config, metadata_store.MetadataStore(connection))
+  artifact_files.record(store, output_dir, pipeline_root)
+  summary = build_summary(config, store)
   summary['interrupted'] = interrupted
+  summary['recreated_artifacts'] = [artifact_files.describe(e) for e in recreated]
   if interrupted:
     summary['error'] = 'interrupted (Ctrl-C)'
   elif error is not None:

@@ -23,6 +23,7 @@ _FINISHED = re.compile(r'^Component (\S+) is finished\.$')
 _CACHED = re.compile(r'^A cached execution \d+ is used\.$')
 _FAILED = re.compile(r'^Execution \d+ failed\.$')
 _EPOCH = re.compile(rb'Epoch (\d+)/(\d+)')
+_RECREATING = re.compile(r'^Re-creating ')  # pipeline/artifact_files.py
 
 
 @contextlib.contextmanager
@@ -92,7 +93,9 @@ class Progress(logging.Handler):
           self._log_offset = os.path.getsize(self._log_path)
         self._print(f'  {match.group(1):<24} running ...')
         return
-      if _CACHED.match(message):
+      if _RECREATING.match(message):
+        self._print(f'  {message}')
+      elif _CACHED.match(message):
         self._state = 'cached'
       elif _FAILED.match(message) and self._component:
         seconds = time.time() - self._started

@@ -1,6 +1,7 @@
 """Serving contract of the pushed model (shared end-to-end run), and blessing against it."""
 
 import dataclasses
+import glob
 import gzip
 import json
 import os
@@ -13,7 +14,7 @@ import tensorflow as tf
 from components import serving_push
 from components import serving_requests
 from components.records import record_to_example
-from conftest import copy_e2e_run
+from conftest import copy_e2e_run, mlmd_store
 from pipeline import cli
 from pipeline.serve_check import serve_check
 from trainer.export import INSTANCES_SIGNATURE, SERVING_SIGNATURE
@@ -178,3 +179,40 @@ def test_worse_model_is_not_blessed_and_not_pushed(worse_run, e2e_run):
   # The serving directory did not change.
   assert sorted(os.listdir(root / 'serving' / config.serving.model_name)) == worse_run['before']
   assert (root / 'serving' / 'models.config').read_text() == worse_run['models_config']
+
+
+def test_an_artifact_that_lost_a_file_is_recreated_not_reused(worse_run):
+  """Last test of the module: alters `worse_run`'s copy (its Evaluator output is its own, as
+  its Trainer ran there). A file deleted from a cached artifact, here the TFMA metrics of the
+  evaluation: TFX's cache only checks that the artifact's directory exists, so the rerun
+  reused it and the summary lost every metric without a word (a deleted transformed-examples
+  shard made the Trainer fail with no hint). The rerun names the artifact and the file, and
+  runs its producer and consumers again; the rest stays cached."""
+  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+  from pipeline.local_runner import run_local  # pylint: disable=g-import-not-at-top
+  from pipeline.run_summary import read_run  # pylint: disable=g-import-not-at-top
+  config, run_dir = worse_run['config'], worse_run['root'] / 'run'
+  store = mlmd_store(run_dir)
+  [evaluation] = read_run(store, config.name)['nodes']['Evaluator']['outputs']['evaluation']
+  assert evaluation.uri.startswith(str(run_dir))  # the copy's own artifact
+  [metrics] = glob.glob(os.path.join(evaluation.uri, 'metrics-*'))
+  recorded = len(os.listdir(evaluation.uri))
+  os.remove(metrics)
+
+  summary = run_local(config, str(run_dir))
+  assert summary['recreated_artifacts'] == [
+      f"Re-creating Evaluator's output evaluation: 1 of its {recorded} file(s) missing since "
+      f"it was written ({os.path.basename(metrics)}) in {evaluation.uri}; Evaluator and what "
+      "reads it run again"]
+  states = {name: c['state'] for name, c in summary['components'].items()}
+  assert states['Evaluator'] == states['Pusher'] == 'COMPLETE', states
+  for name in ('LogExampleGen', 'StatisticsGen', 'Transform', 'Trainer'):
+    assert states[name] == 'CACHED', (name, states)
+  assert summary['tasks']['click']['metrics']['auc'] == worse_run['summary']['tasks']['click'][
+      'metrics']['auc']
+  [old] = store.get_artifacts_by_id([evaluation.id])
+  assert old.state == metadata_store_pb2.Artifact.DELETED
+
+  rerun = run_local(config, str(run_dir))  # nothing lost now: all cached
+  assert rerun['recreated_artifacts'] == []
+  assert {c['state'] for c in rerun['components'].values()} == {'CACHED'}
