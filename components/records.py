@@ -11,6 +11,9 @@ clients building serving requests all produce the same examples:
 - the split key (`data.split_key`), when it is not a feature -> bytes feature, like a
   categorical one: ingestion splits train/eval by it.
 
+Serving requests are built by the same rules: `record_to_example(..., with_labels=False)` for
+`serving_default`, `record_to_instance` for the REST signature `predict_instances`.
+
 Value rules, from the config: a categorical value (or the split key) longer than
 `data.max_string_bytes` in UTF-8 is rejected (`string_too_long:<field>`); a numeric feature
 outside its `min`/`max`, or a regression label outside its task's `label_min`/`label_max`, is
@@ -106,9 +109,23 @@ def _binary_label(name: str, value: Any) -> int:
   return int(value)
 
 
+def _feature_value(feature, value: Any, max_bytes: Optional[int]) -> Union[bytes, float]:
+  """A feature's value as the example holds it (bytes for categorical, float for numeric)."""
+  if feature.type == 'categorical':
+    return _categorical(feature.name, value, max_bytes)
+  return _in_range(feature.name, _finite_float(feature.name, value), feature.min, feature.max,
+                   ('min', 'max'))
+
+
 def record_to_example(record: Mapping[str, Any], config: PipelineConfig,
                       with_labels: bool = True) -> tf.train.Example:
   """Converts a decoded JSON record; raises RecordError naming the field that is wrong.
+
+  `with_labels=False` builds a serving request for `serving_default`: no labels, no split key
+  (unless it is a feature), and a feature the record lacks (absent or null) is left out, so
+  the served model fills its default for it ('' for a categorical, an OOV bucket; 0 for a
+  numeric, before clamping and scaling) - as it does for any request without it. A value that
+  is present is checked as ingestion checks it.
 
   The example is filled in place (`feature[name].bytes_list.value.append`): building
   `tf.train.Feature` objects and passing them to the constructor copies each one into the map,
@@ -127,11 +144,13 @@ def record_to_example(record: Mapping[str, Any], config: PipelineConfig,
 
   split_key = config.data.split_key
   max_bytes = config.data.max_string_bytes
-  if split_key not in {f.name for f in config.features}:
+  if with_labels and split_key not in {f.name for f in config.features}:
     # The split key need not be a model feature, but ingestion splits by it, so it is kept.
     features[split_key].bytes_list.value.append(
         _categorical(split_key, value_of(split_key), max_bytes))
   for feature in config.features:
+    if not with_labels and record.get(feature.name) is None:
+      continue  # the served model's default
     value = value_of(feature.name)
     if feature.type == 'categorical':
       features[feature.name].bytes_list.value.append(
@@ -150,6 +169,28 @@ def record_to_example(record: Mapping[str, Any], config: PipelineConfig,
             _in_range(task.label, _finite_float(task.label, value), task.label_min,
                       task.label_max, ('label_min', 'label_max')))
   return example
+
+
+def record_to_instance(record: Mapping[str, Any], config: PipelineConfig) -> Dict[str, Any]:
+  """A REST instance for `predict_instances` (`{"instances": [...]}`) from a log record, with
+  ingestion's rules: a categorical written as an integer (`"hour": 21`) or an integral float
+  becomes its decimal string, as TF Serving's REST API only puts JSON strings in a string
+  input; a numeric value must be finite and within its configured range; a feature the record
+  lacks gets the served model's default ('' or 0.0), as `predict_instances` needs every input.
+  Raises RecordError naming the field."""
+  if not isinstance(record, Mapping):
+    raise RecordError('not_an_object', f'expected a JSON object, got {type(record).__name__}')
+  instance: Dict[str, Any] = {}
+  for feature in config.features:
+    value = record.get(feature.name)
+    if value is None:
+      instance[feature.name] = '' if feature.type == 'categorical' else 0.0
+    elif feature.type == 'categorical':
+      instance[feature.name] = _feature_value(
+          feature, value, config.data.max_string_bytes).decode('utf-8')
+    else:
+      instance[feature.name] = _feature_value(feature, value, None)
+  return instance
 
 
 def known_fields(config: PipelineConfig) -> FrozenSet[str]:

@@ -9,6 +9,9 @@ Shared by the Pusher (warmup requests written into the pushed version) and `mtlp
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 import os
 import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
@@ -49,7 +52,8 @@ def example_inputs(signature, serialized_examples: Sequence[bytes]) -> Dict[str,
 def instances_from_examples(signature, serialized_examples: Iterable[bytes]
                             ) -> List[Dict[str, Any]]:
   """REST instances (JSON-able dicts, one raw value per feature) for `predict_instances`,
-  read from tf.Examples. A feature an example lacks is left out of its instance."""
+  read from tf.Examples. A feature an example lacks gets the value `serving_default` fills in
+  for it ('' or 0), as the REST signature needs every input."""
   specs = signature_inputs(signature)
   instances = []
   for serialized in serialized_examples:
@@ -57,6 +61,8 @@ def instances_from_examples(signature, serialized_examples: Iterable[bytes]
     instance: Dict[str, Any] = {}
     for name, spec in specs.items():
       if name not in example.features.feature:
+        instance[name] = '' if spec.dtype == tf.string else (
+            0 if spec.dtype.is_integer else 0.0)
         continue
       feature = example.features.feature[name]
       if spec.dtype == tf.string:
@@ -69,22 +75,92 @@ def instances_from_examples(signature, serialized_examples: Iterable[bytes]
   return instances
 
 
+class RestRequestError(ValueError):
+  """A REST request body that TF Serving refuses (HTTP 400), with TF Serving's message."""
+
+
+_FLOAT_MAX_INT = (1 << 24) - 1  # the largest integer a float32 holds exactly
+_FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
+def _type_name(dtype: tf.DType) -> str:
+  """TensorFlow's DataTypeString of a type, as TF Serving's messages give it."""
+  return {tf.float32: 'float', tf.float64: 'double'}.get(dtype, dtype.name)
+
+
+def _json_type(value: Any) -> str:
+  """rapidjson's name of a JSON value's type, as TF Serving's messages give it."""
+  if value is None:
+    return 'Null'
+  if isinstance(value, bool):
+    return 'True' if value else 'False'
+  if isinstance(value, (int, float)):
+    return 'Number'
+  if isinstance(value, str):
+    return 'String'
+  return 'Array' if isinstance(value, list) else 'Object'
+
+
+def _json_value(value: Any, dtype: tf.DType) -> Any:
+  """One JSON scalar as TF Serving converts it for an input of `dtype`
+  (tensorflow_serving/util/json_tensor.cc, AddValueToTensor): a string input takes only a JSON
+  string (or `{"b64": ...}`), never a number; a float input takes any number (NaN and
+  Infinity too: the body is parsed with kParseNanAndInfFlag) that float32 holds without loss
+  (integers up to 2^24 - 1, decimals within its range); an int64 input takes integers only."""
+  refused = RestRequestError(f'JSON Value: {json.dumps(value)} Type: {_json_type(value)} is not '
+                             f'of expected type: {_type_name(dtype)}')
+  if dtype == tf.string:
+    if isinstance(value, str):
+      return value.encode('utf-8')
+    if isinstance(value, dict) and set(value) == {'b64'} and isinstance(value['b64'], str):
+      return base64.b64decode(value['b64'])
+    raise refused
+  is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if dtype.is_floating:
+    if not is_number:
+      raise refused
+    if isinstance(value, int):
+      lossless = abs(value) <= _FLOAT_MAX_INT
+    else:
+      lossless = not math.isfinite(value) or abs(value) <= _FLOAT_MAX
+    if dtype == tf.float32 and not lossless:
+      raise RestRequestError(f'Cannot convert JSON value: {json.dumps(value)} to float without '
+                             'loss of precision.')
+    return value
+  if dtype.is_integer:
+    if not is_number or not isinstance(value, int):
+      raise refused
+    return value
+  raise RestRequestError(f'Conversion of JSON Value: {json.dumps(value)} to type: '
+                         f'{_type_name(dtype)}')
+
+
 def instances_to_inputs(signature, instances: Sequence[Mapping[str, Any]]
                         ) -> Dict[str, np.ndarray]:
-  """Columnar tensors from REST row-format instances, as TF Serving builds them."""
+  """Columnar tensors from REST row-format instances, as TF Serving's REST API builds them
+  (tensorflow_serving/util/json_tensor.cc, FillTensorMapFromInstancesList): each instance an
+  object whose keys are exactly the signature's inputs, each value converted by the input's
+  type (`_json_value`). Raises RestRequestError with TF Serving's message, which names the
+  instance and the key (the feature)."""
   specs = signature_inputs(signature)
-  inputs = {}
-  for name, spec in specs.items():
-    missing = [i for i, instance in enumerate(instances) if name not in instance]
-    if missing:
-      raise ValueError(f'instance {missing[0]} has no value for input {name!r}; '
-                       f'{INSTANCES_SIGNATURE} needs every feature')
-    values = [instance[name] for instance in instances]
-    if spec.dtype == tf.string:
-      inputs[name] = np.array([str(v).encode('utf-8') for v in values], dtype=object)
-    else:
-      inputs[name] = np.array(values, dtype=spec.dtype.as_numpy_dtype)
-  return inputs
+  columns: Dict[str, List[Any]] = {name: [] for name in specs}
+  for index, instance in enumerate(instances):
+    for key, value in instance.items():
+      where = f"Failed to process element: {index} key: {key} of 'instances' list. Error: "
+      if key not in specs:
+        raise RestRequestError(f'{where}JSON object: does not have named input: {key}')
+      try:
+        columns[key].append(_json_value(value, specs[key].dtype))
+      except RestRequestError as e:
+        raise RestRequestError(f'{where}{e}') from None
+    if set(instance) != set(specs):
+      raise RestRequestError(
+          f"Failed to process element: {index} of 'instances' list. JSON object: "
+          f'{json.dumps(instance, default=str)} keys must be equal to: '
+          f'{",".join(sorted(specs))}')
+  return {name: np.array(values, dtype=object) if specs[name].dtype == tf.string
+          else np.array(values, dtype=specs[name].dtype.as_numpy_dtype)
+          for name, values in columns.items()}
 
 
 def warmup_logs(model_name: str, loaded_model, serialized_examples: Sequence[bytes]

@@ -9,7 +9,9 @@ signature they name. Checks, each a row of the report:
 2. a gRPC `PredictRequest` on `serving_default` with the sample eval examples returns the
    Evaluator's predictions for them (`assets.extra/sample_predictions.json`) within tolerance;
 3. a REST body (`{"signature_name": "predict_instances", "instances": [...]}`, through JSON)
-   for the same examples returns the same predictions.
+   for the same examples returns the same predictions;
+4. both signatures refuse a request whose numeric feature is NaN (what ingestion
+   quarantines), with an error naming the feature (trainer/export.py, `input_checks`).
 """
 
 from __future__ import annotations
@@ -99,8 +101,49 @@ def serve_check(version_dir: str, tolerance: float = 1e-5) -> Dict[str, Any]:
   else:
     checks.append({'name': f'REST {INSTANCES_SIGNATURE}', 'ok': False,
                    'detail': 'the model has no such signature'})
+  checks.append(_refuses_non_finite(loaded, examples[0]))
   return {'ok': all(c['ok'] for c in checks), 'model_name': model_name,
           'version': os.path.basename(version_dir), 'checks': checks}
+
+
+def _refused(call) -> str:
+  """The error message of a request that must fail ('' if it succeeded)."""
+  try:
+    call()
+  except (tf.errors.InvalidArgumentError, serving_requests.RestRequestError) as e:
+    return e.message if hasattr(e, 'message') else str(e)
+  return ''
+
+
+def _refuses_non_finite(loaded, serialized: bytes) -> Dict[str, Any]:
+  """A sample example with its first numeric feature set to NaN, through both signatures."""
+  example = tf.train.Example.FromString(serialized)
+  serving = loaded.signatures[SERVING_SIGNATURE]
+  signature = loaded.signatures[INSTANCES_SIGNATURE]
+  inputs = serving_requests.signature_inputs(signature)
+  numeric = sorted(name for name, f in example.features.feature.items()
+                   if f.HasField('float_list') and name in inputs)
+  name = 'a NaN numeric feature is refused'
+  if not numeric:
+    return {'name': name, 'ok': True, 'detail': 'the model has no numeric feature'}
+  feature = numeric[0]
+  example.features.feature[feature].float_list.value[:] = [float('nan')]
+  bad = [example.SerializeToString()]
+  by_examples = _refused(lambda: serving_requests.run_request(
+      loaded, serving_requests.predict_request(
+          'check', SERVING_SIGNATURE, serving_requests.example_inputs(serving, bad))))
+  body = json.loads(json.dumps(  # NaN as TF Serving's JSON parser takes it
+      {'instances': serving_requests.instances_from_examples(signature, bad)}))
+  by_instances = _refused(lambda: signature(**{
+      k: tf.constant(v)
+      for k, v in serving_requests.instances_to_inputs(signature, body['instances']).items()}))
+  failures = [f'{signature_name} {"did not name it" if message else "accepted it"}'
+              for signature_name, message in ((SERVING_SIGNATURE, by_examples),
+                                               (INSTANCES_SIGNATURE, by_instances))
+              if feature not in message]
+  said = next((line.strip() for line in by_examples.splitlines() if feature in line), '')
+  return {'name': f'{name} ({feature} = NaN, by both signatures)', 'ok': not failures,
+          'detail': '; '.join(failures) if failures else f'refused: {said[:240]}'}
 
 
 def _compare(name: str, outputs: Dict[str, np.ndarray], expected: Dict[str, Any],

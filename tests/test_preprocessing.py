@@ -51,7 +51,10 @@ def column(rows, name):
 @pytest.fixture(scope='module')
 def transformed(tmp_path_factory):
   metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(FEATURE_SPEC))
-  new_rows = [dict(ROWS[0], user='never-seen', device='tablet')]
+  new_rows = [dict(ROWS[0], user='never-seen', device='tablet'),
+              # far outside the analysed range, both ways: clamped to it
+              dict(ROWS[0], position=1e30, price=1e30, raw=-1e30),
+              dict(ROWS[0], position=-5.0, price=-3.0, raw=1e9)]
   with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp('tft'))):
     (data, _), transform_fn = ((ROWS, metadata) | tft_beam.AnalyzeAndTransformDataset(
         build_preprocessing_fn(CONFIG)))
@@ -86,6 +89,15 @@ def test_numeric_scaling(transformed):
   np.testing.assert_allclose(column(data, 'price'),
                              (logs - logs.mean()) / logs.std(), rtol=1e-5)
   assert column(data, 'raw') == [2.5 * i for i in range(6)]
+
+
+def test_numeric_values_outside_the_analysed_range_are_clamped_to_it(transformed):
+  data, new_data = transformed
+  highest, lowest = np.argmax(POSITIONS), np.argmin(POSITIONS)
+  for name in ('position', 'price'):
+    assert column(new_data, name)[1] == pytest.approx(column(data, name)[highest]), name
+    assert column(new_data, name)[2] == pytest.approx(column(data, name)[lowest]), name
+  assert column(new_data, 'raw')[1:] == [0.0, 2.5 * 5]
 
 
 def test_labels_pass_through_as_float(transformed):

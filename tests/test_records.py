@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 from components.records import (RecordError, parse_line, parse_line_with_unknown_fields,
-                                record_to_example)
+                                record_to_example, record_to_instance)
 from pipeline.config import ConfigError, PipelineConfig, parse_config
 
 GOOD = {'impression_id': 'x', 'user_id': 'u1', 'user_segment': 's2', 'item_id': 'i9',
@@ -43,6 +43,33 @@ def test_integral_float_categorical_is_its_integer(sample_config_obj):
 def test_without_labels_for_serving(sample_config_obj):
   example = record_to_example(GOOD, sample_config_obj, with_labels=False)
   assert 'click' not in example.features.feature
+
+
+def test_a_serving_request_leaves_a_missing_feature_to_the_model_default(sample_config_obj):
+  record = {k: v for k, v in GOOD.items() if k not in ('item_price', 'device')}
+  example = record_to_example(dict(record, hour=None), sample_config_obj, with_labels=False)
+  assert not {'item_price', 'device', 'hour'} & set(example.features.feature)
+  assert example.features.feature['position'].float_list.value == [3.0]
+  with pytest.raises(RecordError) as e:  # ingestion still requires every feature
+    record_to_example(record, sample_config_obj)
+  assert e.value.reason == 'missing_field:device'  # the first in config order
+  with pytest.raises(RecordError) as e:  # a value that is present is checked as ingestion does
+    record_to_example(dict(record, position=float('nan')), sample_config_obj, with_labels=False)
+  assert e.value.reason == 'non_finite:position'
+
+
+def test_a_rest_instance_follows_ingestion_rules(sample_config_obj):
+  instance = record_to_instance(dict(GOOD, hour=21, item_id=12.0, device=None),
+                                sample_config_obj)
+  assert instance == {'user_segment': 's2', 'item_id': '12',
+                      'item_category': 'c01', 'device': '', 'hour': '21', 'position': 3.0,
+                      'item_price': 12.5}
+  for field, value, reason in (('item_price', float('inf'), 'non_finite:item_price'),
+                               ('position', 'top', 'bad_type:position'),
+                               ('hour', 7.5, 'bad_type:hour')):
+    with pytest.raises(RecordError) as e:
+      record_to_instance(dict(GOOD, **{field: value}), sample_config_obj)
+    assert e.value.reason == reason
 
 
 @pytest.mark.parametrize('line, reason', [

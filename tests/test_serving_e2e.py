@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from components import serving_push
 from components import serving_requests
-from components.records import record_to_example
-from conftest import copy_e2e_run, mlmd_store
+from components.records import record_to_example, record_to_instance
+from conftest import copy_e2e_run, mlmd_store, output_uri
 from pipeline import cli
 from pipeline.serve_check import serve_check
 from trainer.export import INSTANCES_SIGNATURE, SERVING_SIGNATURE
@@ -71,6 +71,7 @@ def test_serve_check_matches_the_evaluator_predictions(e2e_run, capsys):
   names = [c['name'] for c in report['checks']]
   assert any(n.startswith('gRPC Predict') for n in names)
   assert any(n.startswith('REST predict_instances') for n in names)
+  assert any(n.startswith('a NaN numeric feature is refused') for n in names)
   assert cli.main(['serve-check', _version_dir(e2e_run)]) == 0
   assert 'serve-check passed' in capsys.readouterr().out
 
@@ -140,6 +141,115 @@ def test_rest_instances_signature_matches_serving_default(e2e_run):
   for task in config.tasks:
     np.testing.assert_allclose(by_instances[task.name].numpy(),
                                by_examples[task.name].numpy(), atol=1e-6)
+
+
+def _both_signatures(loaded, config, records):
+  """{'examples' | 'instances': {task: outputs}} for records, through serving_default
+  (record_to_example) and predict_instances (record_to_instance, through JSON and the TF
+  Serving REST conversion)."""
+  examples = [record_to_example(r, config, with_labels=False).SerializeToString()
+              for r in records]
+  by_examples = serving_requests.run_request(loaded, serving_requests.predict_request(
+      config.serving.model_name, SERVING_SIGNATURE,
+      serving_requests.example_inputs(loaded.signatures[SERVING_SIGNATURE], examples)))
+  signature = loaded.signatures[INSTANCES_SIGNATURE]
+  body = json.loads(json.dumps({'instances': [record_to_instance(r, config) for r in records]}))
+  by_instances = signature(**{k: tf.constant(v) for k, v in serving_requests.instances_to_inputs(
+      signature, body['instances']).items()})
+  return {'examples': by_examples,
+          'instances': {k: v.numpy() for k, v in by_instances.items()}}
+
+
+def test_serving_refuses_a_non_finite_numeric_naming_the_feature(e2e_run):
+  """Ingestion quarantines NaN and infinite numbers; both signatures refuse them (a NaN price
+  used to give a click probability of 0.41)."""
+  config = e2e_run['config']
+  loaded = tf.saved_model.load(_version_dir(e2e_run), tags=['serve'])
+  [record] = _records(e2e_run, 1)
+  example = record_to_example(record, config, with_labels=False)
+  for bad in (float('nan'), float('inf'), float('-inf')):
+    example.features.feature['item_price'].float_list.value[:] = [bad]
+    batch = [record_to_example(record, config, with_labels=False).SerializeToString(),
+             example.SerializeToString()]
+    with pytest.raises(tf.errors.InvalidArgumentError) as e:
+      loaded.signatures[SERVING_SIGNATURE](examples=tf.constant(batch))
+    assert ('item_price is not a finite number (NaN or infinite): ingestion quarantines it as '
+            'non_finite:item_price; request rows:] [1]') in e.value.message, e.value.message
+    signature = loaded.signatures[INSTANCES_SIGNATURE]
+    body = json.loads(json.dumps({'instances': [dict(record_to_instance(record, config),
+                                                     item_price=bad)]}))
+    with pytest.raises(tf.errors.InvalidArgumentError) as e:
+      signature(**{k: tf.constant(v) for k, v in serving_requests.instances_to_inputs(
+          signature, body['instances']).items()})
+    assert 'item_price is not a finite number' in e.value.message
+
+
+def test_a_value_far_outside_the_training_range_gets_the_prediction_at_its_edge(e2e_run):
+  """A price of 1e30 used to give a dwell of -2.3e29 seconds; now it is clamped to the largest
+  price in the train split (what tf.Transform analysed), in both signatures."""
+  config = e2e_run['config']
+  loaded = tf.saved_model.load(_version_dir(e2e_run), tags=['serve'])
+  train = os.path.join(output_uri(e2e_run, 'LogExampleGen', 'examples'), 'Split-train', '*')
+  highest = max(tf.train.Example.FromString(r.numpy()).features.feature['item_price']
+                .float_list.value[0]
+                for r in tf.data.TFRecordDataset(tf.io.gfile.glob(train),
+                                                 compression_type='GZIP'))
+  [record] = _records(e2e_run, 1)
+  records = [dict(record, item_price=p) for p in (1e30, 1e12, float(highest))]
+  outputs = _both_signatures(loaded, config, records)
+  for signature_outputs in outputs.values():
+    for task in config.tasks:
+      values = signature_outputs[task.name].reshape(-1)
+      assert np.all(np.isfinite(values)), (task.name, values)
+      np.testing.assert_allclose(values[:2], [values[2]] * 2, rtol=1e-6, atol=1e-6)
+    assert 0 <= signature_outputs['dwell'].reshape(-1)[0] < 1e4
+
+
+def test_rest_requests_name_the_feature_and_take_log_values(e2e_run):
+  """TF Serving's REST API types JSON values by the signature: `"hour": 21` for a string
+  input is refused, naming the instance and the key, as is a string for a numeric one.
+  record_to_instance sends a log record as ingestion reads it, and gets serving_default's
+  answer."""
+  config = e2e_run['config']
+  loaded = tf.saved_model.load(_version_dir(e2e_run), tags=['serve'])
+  signature = loaded.signatures[INSTANCES_SIGNATURE]
+  records = _records(e2e_run, 3)
+  good = [record_to_instance(r, config) for r in records]
+  for key, value, said in (('hour', 21, 'JSON Value: 21 Type: Number is not of expected type: '
+                                        'string'),
+                           ('position', 'top', 'JSON Value: "top" Type: String is not of '
+                                               'expected type: float')):
+    with pytest.raises(serving_requests.RestRequestError) as e:
+      serving_requests.instances_to_inputs(signature, [good[0], dict(good[1], **{key: value})])
+    assert str(e.value) == (f"Failed to process element: 1 key: {key} of 'instances' list. "
+                            f'Error: {said}')
+  with pytest.raises(serving_requests.RestRequestError) as e:
+    serving_requests.instances_to_inputs(signature, [{k: v for k, v in good[0].items()
+                                                      if k != 'device'}])
+  assert 'keys must be equal to: device,hour,' in str(e.value)
+  as_logged = [dict(r, hour=int(r['hour'])) for r in records]  # integers, as the log holds them
+  outputs = _both_signatures(loaded, config, as_logged)
+  for task in config.tasks:
+    np.testing.assert_allclose(outputs['instances'][task.name], outputs['examples'][task.name],
+                               atol=1e-6)
+
+
+def test_a_missing_feature_gets_the_documented_default_in_both_signatures(e2e_run):
+  """record_to_example(with_labels=False) leaves a missing feature out and the model fills
+  its default; record_to_instance fills the same default: '' for a categorical, 0 for a
+  numeric."""
+  config = e2e_run['config']
+  loaded = tf.saved_model.load(_version_dir(e2e_run), tags=['serve'])
+  [record] = _records(e2e_run, 1)
+  missing = {k: v for k, v in record.items() if k not in ('item_price', 'device')}
+  explicit = dict(record, item_price=0.0, device='')
+  outputs = _both_signatures(loaded, config, [missing, explicit])
+  for signature_outputs in outputs.values():
+    for task in config.tasks:
+      values = signature_outputs[task.name].reshape(-1)
+      assert values[0] == pytest.approx(values[1], abs=1e-6), task.name
+      assert values[0] == pytest.approx(outputs['examples'][task.name].reshape(-1)[0],
+                                        abs=1e-6)
 
 
 @pytest.fixture(scope='module')

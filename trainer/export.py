@@ -8,6 +8,12 @@
 - `predict_instances`: for REST clients sending raw feature values as JSON instances
   (`{"signature_name": "predict_instances", "instances": [{"item_category": "books", ...}]}`):
   one input tensor per feature, shape [batch], with the same outputs as `serving_default`.
+- Both refuse what ingestion refuses in a numeric feature: a NaN or infinite value, or one
+  outside the feature's configured `min`/`max`, fails the request with an error naming the
+  feature, the rule and the rows (`item_price is not a finite number (NaN or infinite):
+  ingestion quarantines it as non_finite:item_price; request rows: [3]`). A finite value
+  outside the range training saw is clamped to it by the transform graph
+  (`trainer.preprocessing.transform_numeric`).
 - `transform_features`: serialized examples with every raw column -> transformed features and
   labels by name, unpacked from tf.Transform's packed columns (what the network sees: for
   debugging a prediction, and for benchmarks that time the network alone). TFMA does not run
@@ -16,7 +22,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -47,6 +53,29 @@ def serving_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTran
   return spec
 
 
+def input_checks(config: PipelineConfig, raw_features: Dict[str, tf.Tensor]
+                 ) -> List[tf.Operation]:
+  """Assertions that fail a request holding a numeric value ingestion would quarantine (not
+  finite, or outside the feature's configured min/max), naming the feature and the rows."""
+  checks = []
+  for feature in config.numeric_features:
+    values = tf.reshape(raw_features[feature.name], [-1])
+    finite = tf.math.is_finite(values)
+    rules = [(finite, 'is not a finite number (NaN or infinite): ingestion quarantines it as '
+                      f'non_finite:{feature.name}')]
+    for bound, ok in (('min', lambda v, b: v >= b), ('max', lambda v, b: v <= b)):
+      limit = getattr(feature, bound)
+      if limit is not None:
+        rules.append((tf.logical_or(tf.logical_not(finite), ok(values, limit)),
+                      f'is {"below" if bound == "min" else "above"} {bound}={limit:g} in the '
+                      f'config: ingestion quarantines it as out_of_range:{feature.name}'))
+    for ok, rule in rules:
+      checks.append(tf.debugging.Assert(
+          tf.reduce_all(ok), [f'{feature.name} {rule}; request rows:',
+                              tf.where(tf.logical_not(ok))[:, 0]], summarize=20))
+  return checks
+
+
 def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
                             tf_transform_output: tft.TFTransformOutput):
   """Returns {signature name: concrete function} for serving, REST instances and debugging."""
@@ -57,6 +86,8 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   serving_spec = serving_feature_spec(config, tf_transform_output)
 
   def predict(raw_features):
+    with tf.control_dependencies(input_checks(config, raw_features)):
+      raw_features = {name: tf.identity(value) for name, value in raw_features.items()}
     transformed = unpack_transformed(config, network.tft_layer(raw_features))
     outputs = network({name: transformed[name] for name in feature_names}, training=False)
     return {name: outputs[name] for name in output_names}

@@ -3,7 +3,8 @@
 - categorical feature -> integer id from `tft.compute_and_apply_vocabulary` (top_k,
   frequency_threshold, OOV buckets from the config); ids >= vocabulary size are OOV buckets.
   The vocabulary files become assets of the exported model.
-- numeric feature -> z-score, or z-score of log1p(max(x, 0)) (`log`), or passed as float.
+- numeric feature -> clamped to the range of the analysed data (tft.min / tft.max), then
+  z-score, or z-score of log1p(max(x, 0)) (`log`), or passed as float.
 - labels -> float32, unchanged in value (binary 0/1, regression in its own units), so the
   losses and TFMA see the same label.
 
@@ -60,12 +61,32 @@ def transform_categorical(values: tf.Tensor, feature: FeatureConfig) -> tf.Tenso
 
 
 def transform_numeric(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
+  """The feature clamped to the range seen in the analysed (train) data, then scaled.
+
+  Clamping changes nothing on the data analysed; a served request far outside it (a price of
+  1e30) gets the prediction of the nearest value training saw, instead of a scaled input
+  thousands of deviations away and an absurd output. The z-score is computed here from
+  `tft.mean`/`tft.var` of the unclamped values rather than by `tft.scale_to_z_score` of the
+  clamped ones: an analyzer over values that depend on other analyzers (the range) needs a
+  second pass over the data, and these all run in the same one.
+  """
   values = tf.cast(_dense(values), tf.float32)
+  clamped = tf.clip_by_value(values, tft.min(values), tft.max(values))
   if feature.scaling == 'log':
-    return tft.scale_to_z_score(tf.math.log1p(tf.maximum(values, 0.0)))
+    return _z_score(tf.math.log1p(tf.maximum(clamped, 0.0)),
+                    tf.math.log1p(tf.maximum(values, 0.0)))
   if feature.scaling == 'z_score':
-    return tft.scale_to_z_score(values)
-  return values
+    return _z_score(clamped, values)
+  return clamped
+
+
+def _z_score(values: tf.Tensor, analysed: tf.Tensor) -> tf.Tensor:
+  """(values - mean) / standard deviation of `analysed` (values - mean when it is constant),
+  as `tft.scale_to_z_score` computes it."""
+  mean, variance = tft.mean(analysed), tft.var(analysed)
+  deviation = tf.sqrt(variance)
+  centered = values - mean
+  return tf.where(deviation > 0, centered / deviation, centered)
 
 
 def transformed_layout(config: PipelineConfig) -> Dict[str, Tuple[str, int]]:
