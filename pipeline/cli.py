@@ -112,6 +112,10 @@ def _run(args: argparse.Namespace) -> int:
         f'(by split: {json.dumps(ingestion.get("examples_by_split", {}))}), '
         f'quarantined {ingestion.get("num_quarantined")} '
         f'{json.dumps(ingestion.get("reasons", {}))}')
+  trained = summary.get('training', {})
+  if trained.get('exported_epoch'):
+    print(f'exported the weights of epoch {trained["exported_epoch"]}: '
+          f'{trained.get("exported_because")}')
   baseline = summary.get('baseline')
   print('compared with served version ' + str(baseline['version']) if baseline else
         'nothing served yet: judged on absolute thresholds only')

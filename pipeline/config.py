@@ -21,7 +21,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 FEATURE_TYPES = ('categorical', 'numeric')
 NUMERIC_SCALINGS = ('z_score', 'log', 'none')
 TASK_TYPES = ('binary', 'regression')
-MODEL_TYPES = ('shared_bottom', 'mmoe', 'esmm')
+MODEL_TYPES = ('shared_bottom', 'mmoe', 'esmm', 'ple')
 BEAM_RUNNERS = ('direct', 'dataflow', 'flink', 'spark')
 DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
 ENVIRONMENT_TYPES = ('DOCKER', 'EXTERNAL', 'PROCESS', 'LOOPBACK')
@@ -137,9 +137,20 @@ class ModelConfig:
   trunk_units: Sequence[int] = (128, 64)  # shared_bottom, esmm: shared dense layers
   dropout: float = 0.0
   num_experts: int = 4                    # mmoe
-  expert_units: Sequence[int] = (64,)     # mmoe: each expert's dense layers
+  expert_units: Sequence[int] = (64,)     # mmoe: each expert's dense layers; ple: one level each
+  num_shared_experts: int = 2             # ple: shared experts per level
+  num_task_experts: int = 1               # ple: each task's own experts per level
   esmm_click_task: Optional[str] = None   # esmm: the task playing the click (CTR) role
   esmm_conversion_task: Optional[str] = None  # esmm: the conversion task, trained as CTCVR
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStoppingConfig:
+  """Watch a validation loss each epoch; stop after `patience` epochs without an improvement
+  of more than `min_delta`; export the best epoch's weights."""
+  monitor: str = 'loss'   # 'loss' (the total) or a task name (that task's loss)
+  patience: int = 2       # epochs without improvement before stopping
+  min_delta: float = 0.0  # smaller improvements do not count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +174,8 @@ class TrainingConfig:
   # Local workers: how many times the group is restarted, resuming from the last backup, after
   # a worker is killed or loses a peer; any other worker error fails the Trainer at once.
   worker_restarts: int = 2
+  # None: train every step and export the last epoch.
+  early_stopping: Optional[EarlyStoppingConfig] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,7 +542,7 @@ def _parse_model_field(key: str, value: Any, path: str) -> Any:
     return _units(value, path)
   if key == 'dropout':
     return _number(value, path, minimum=0.0, maximum=0.9)
-  if key == 'num_experts':
+  if key in ('num_experts', 'num_shared_experts', 'num_task_experts'):
     return _number(value, path, int, minimum=1)
   if key in ('esmm_click_task', 'esmm_conversion_task'):
     return _optional_string(value, path)
@@ -553,7 +566,26 @@ def _parse_training_field(key: str, value: Any, path: str) -> Any:
     return _number(value, path, int, minimum=0, maximum=100)
   if key == 'worker_start_timeout_seconds':
     return _number(value, path, int, minimum=1)
+  if key == 'early_stopping':
+    return _parse_early_stopping(value, path)
   raise AssertionError(key)
+
+
+def _parse_early_stopping(value: Any, path: str) -> Optional[EarlyStoppingConfig]:
+  if value is None or value is False:
+    return None
+  if value is True:
+    return EarlyStoppingConfig()
+  raw = _require_mapping(value, path)
+  _check_keys(raw, path, [f.name for f in dataclasses.fields(EarlyStoppingConfig)])
+  kwargs: Dict[str, Any] = {}
+  if 'monitor' in raw:
+    kwargs['monitor'] = _name(raw['monitor'], f'{path}.monitor')
+  if 'patience' in raw:
+    kwargs['patience'] = _number(raw['patience'], f'{path}.patience', int, minimum=1)
+  if 'min_delta' in raw:
+    kwargs['min_delta'] = _number(raw['min_delta'], f'{path}.min_delta', minimum=0.0)
+  return EarlyStoppingConfig(**kwargs)
 
 
 def _parse_serving_field(key: str, value: Any, path: str) -> Any:
@@ -710,6 +742,15 @@ def order_tasks(tasks: Sequence[TaskConfig]) -> List[TaskConfig]:
   return ordered
 
 
+def _checked_training(training: TrainingConfig, tasks: Sequence[TaskConfig]) -> TrainingConfig:
+  stopping = training.early_stopping
+  names = [t.name for t in tasks]
+  if stopping is not None and stopping.monitor != 'loss' and stopping.monitor not in names:
+    raise ConfigError(f'training.early_stopping.monitor: {stopping.monitor!r} is neither loss '
+                      f'(the total) nor a task ({", ".join(names)})')
+  return training
+
+
 def _check_model(model: ModelConfig, tasks: Sequence[TaskConfig]) -> None:
   if model.type != 'esmm':
     for key in ('esmm_click_task', 'esmm_conversion_task'):
@@ -795,7 +836,8 @@ def parse_config(raw: Any) -> PipelineConfig:
       features=tuple(features),
       tasks=tuple(tasks),
       model=model,
-      training=_section(raw, 'training', TrainingConfig, _parse_training_field),
+      training=_checked_training(_section(raw, 'training', TrainingConfig,
+                                          _parse_training_field), tasks),
       serving=_section(raw, 'serving', ServingConfig, _parse_serving_field),
       beam=beam,
       kubeflow=_section(raw, 'kubeflow', KubeflowConfig, _parse_kubeflow_field),

@@ -224,6 +224,9 @@ def render(summary: Dict[str, Any], images: Dict[str, Any]) -> str:
       f'{html.escape(str(summary.get("training", {}).get("loss_weighting", "")))}, '
       f'{summary.get("total_wall_seconds", 0):.0f} s of component time</p>',
       f'<p class="verdict {"ok" if blessed else "bad"}">{html.escape(verdict)}</p>',
+      (f'<p>Exported the weights of epoch {summary["training"]["exported_epoch"]}: '
+       f'{html.escape(str(summary["training"].get("exported_because")))}.</p>'
+       if summary.get('training', {}).get('exported_epoch') else ''),
       '<p>Compared with served version ' + html.escape(str(baseline['version'])) + '.</p>'
       if baseline else '<p>Nothing was served: judged on absolute thresholds only.</p>',
       '<h2>Per-task checks</h2>',

@@ -250,9 +250,17 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
     if tf.io.gfile.exists(record_path):
       with tf.io.gfile.GFile(record_path) as f:
         summary['push'] = json.load(f)
+  exported = training.get('exported', {})
   summary['training'] = {'train_steps': config.training.train_steps,
                          'loss_weighting': config.training.loss_weighting,
-                         'model_type': config.model.type}
+                         'model_type': config.model.type,
+                         # which epoch's weights were exported, and why (early stopping)
+                         'exported_epoch': exported.get('exported_epoch'),
+                         'exported_because': exported.get('reason'),
+                         'early_stopping': ({k: v for k, v in exported.items()
+                                             if k not in ('exported_epoch', 'reason')}
+                                            or None),
+                         'eval_loss_by_epoch': training.get('eval_loss_by_epoch', [])}
   summary['artifacts'] = {key: artifact.uri for key, artifact in (
       ('model_run', model_run), ('evaluation', evaluation), ('pushed_model', pushed))
                           if artifact is not None}

@@ -1,4 +1,4 @@
-"""MMoE and ESMM through the whole local pipeline, in a copy of the shared run's directory:
+"""MMoE, ESMM and PLE through the whole local pipeline, in a copy of the shared run's directory:
 both reuse its cached ingestion and Transform from ML Metadata (the model and the tasks'
 thresholds and inputs are not part of what ingestion and Transform receive)."""
 
@@ -17,6 +17,8 @@ from pipeline.config import Threshold
 MODELS = {
     'mmoe': {'type': 'mmoe', 'num_experts': 3, 'expert_units': [32]},
     'esmm': {'type': 'esmm', 'esmm_click_task': 'click', 'esmm_conversion_task': 'conversion'},
+    'ple': {'type': 'ple', 'expert_units': [32, 16], 'num_shared_experts': 2,
+            'num_task_experts': 1},
 }
 
 
@@ -26,9 +28,11 @@ def runs(e2e_run, tmp_path_factory):
   root = copy_e2e_run(e2e_run, tmp_path_factory.mktemp('architectures') / 'copy')
   results = {}
   for name, model in MODELS.items():
+    training = {'train_steps': 100, 'eval_steps': 20}
+    if name == 'ple':  # and early stopping, exporting the best epoch
+      training['early_stopping'] = {'monitor': 'loss', 'patience': 2}
     config = e2e_run['config'].with_overrides(
-        serving={'push_dir': str(root / f'serving-{name}')},
-        training={'train_steps': 100, 'eval_steps': 20}, model=model)
+        serving={'push_dir': str(root / f'serving-{name}')}, training=training, model=model)
     tasks = []
     for task in config.tasks:
       if task.type == 'binary':
@@ -54,6 +58,22 @@ def test_architecture_is_blessed_and_pushed(runs, name):
     if task.type == 'binary':
       assert task_summary['metrics']['auc'] > 0.55, (name, task.name, task_summary['metrics'])
     assert task_summary['sigma'] > 0
+
+
+def test_the_summary_says_which_epoch_was_exported_and_why(runs):
+  ple = runs[0]['ple'][1]['training']
+  stopping = ple['early_stopping']
+  assert stopping['monitor'] == 'loss' and stopping['patience'] == 2
+  losses = ple['eval_loss_by_epoch']
+  # every epoch trained was validated; the exported one has the lowest validation loss
+  assert len(losses) == stopping['epochs_trained'] <= 10
+  assert ple['exported_epoch'] == losses.index(min(losses)) + 1
+  assert stopping['best_value'] == pytest.approx(min(losses), rel=1e-6)
+  assert ple['exported_because'].startswith('lowest total validation loss')
+  assert stopping['stopped_early'] == (stopping['epochs_trained'] < 10)
+  mmoe = runs[0]['mmoe'][1]['training']
+  assert mmoe['exported_epoch'] == 10 and mmoe['early_stopping'] is None
+  assert mmoe['exported_because'] == 'the last epoch (training.early_stopping is off)'
 
 
 def test_other_architectures_reuse_cached_ingestion_and_transform(runs):

@@ -255,6 +255,30 @@ def test_two_workers_resume_after_a_kill_and_train_the_model_one_worker_does(
               if tw.WORKER_MODULE in p.cmdline()]  # no worker left behind
 
 
+def test_two_workers_stop_early_after_the_same_step(e2e_run, tmp_path, capsys):
+  """Early stopping under MultiWorkerMirroredStrategy, on 2 local workers: with a min_delta
+  no later epoch can beat, the first epoch is the best and patience 1 stops training after
+  the second. The validation loss is all-reduced, so both workers stop after the same step
+  (a worker that went on alone would hang in its next collective) and the chief exports the
+  first epoch's weights."""
+  one = e2e_run['config']
+  config = one.with_overrides(training={
+      'workers': 2, 'batch_size': one.training.batch_size // 2,
+      'early_stopping': {'monitor': 'loss', 'patience': 1, 'min_delta': 1e9}})
+  out = tmp_path / 'stopped'
+  job = job_for_local_run(str(e2e_run['run_dir']), config, str(out))
+  Executor().Do(tw._artifacts(job['input_dict']), tw._artifacts(job['output_dict']),  # pylint: disable=protected-access
+                job['exec_properties'])
+  log = capsys.readouterr().err
+  for worker in (0, 1):  # 2 epochs of 12 steps each, of 120
+    assert f'worker {worker} of 2: trained 24 steps of 128 examples' in log, log[-5000:]
+  with open(out / 'model_run' / trainer_run.TRAINING_SUMMARY_FILE) as f:
+    exported = json.load(f)['exported']
+  assert exported['exported_epoch'] == 1 and exported['epochs_trained'] == 2
+  assert exported['stopped_early'] and 'stopped after epoch 2' in exported['reason']
+  assert os.path.exists(out / 'model' / 'Format-Serving' / 'saved_model.pb')
+
+
 def test_a_worker_error_fails_at_once_with_that_error(e2e_run, tmp_path):
   """Not a lost worker: no restart, and the step's error is the worker's exception."""
   config = e2e_run['config'].with_overrides(training={'workers': 2, 'worker_restarts': 2})

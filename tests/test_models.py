@@ -27,13 +27,14 @@ MODELS = {
     'shared_bottom': {'type': 'shared_bottom'},
     'mmoe': {'type': 'mmoe'},
     'esmm': {'type': 'esmm', 'esmm_click_task': 'click', 'esmm_conversion_task': 'conversion'},
+    'ple': {'type': 'ple', 'num_shared_experts': 2, 'num_task_experts': 2},
 }
 
 
 def _config(model_type, **task_changes):
   raw = {**BASE, 'model': {**BASE['model'], **MODELS[model_type]},
          'tasks': [dict(t, **task_changes.get(t['name'], {})) for t in BASE['tasks']]}
-  if model_type != 'mmoe':
+  if model_type not in ('mmoe', 'ple'):
     raw['model'] = {k: v for k, v in raw['model'].items()
                     if k not in ('num_experts', 'expert_units')}
   return parse_config(raw)
@@ -88,6 +89,37 @@ def test_groups_cover_every_trainable_variable_once(model_type):
   if model_type == 'mmoe':
     assert any('gate' in v.name for v in grouped['click'])
     assert any('experts' in v.name for v in grouped['trunk'])
+  if model_type == 'ple':  # two levels ([12, 8]): experts and gates of each task at both
+    for task in ('click', 'conversion', 'dwell'):
+      names = {v.name.split('/')[0] for v in grouped[task]}
+      assert {f'{task}_experts_0', f'{task}_experts_1', f'{task}_gate_0',
+              f'{task}_gate_1'} <= names, names
+    trunk = {v.name.split('/')[0] for v in grouped['trunk']}
+    assert {'shared_experts_0', 'shared_experts_1', 'shared_gate_0'} <= trunk, trunk
+    assert 'shared_gate_1' not in trunk  # no shared gate above the last level
+
+
+@pytest.mark.parametrize('levels', [[12], [12, 8, 6]])
+def test_ple_levels_and_cgc(levels):
+  """One level is CGC (task and shared experts, task gates only); each level adds task
+  experts, task gates and, below the last level, a shared gate over every expert."""
+  raw = {**BASE, 'model': {'type': 'ple', 'expert_units': levels, 'num_shared_experts': 3,
+                           'num_task_experts': 1}}
+  config = parse_config(raw)
+  network = build_network(config, CARDINALITIES)
+  outputs = network.model(_features())
+  assert {name: v.shape for name, v in outputs.items()} == {
+      'click': (32, 1), 'conversion': (32, 1), 'dwell': (32, 1)}
+  layers = {layer.name: layer for layer in network.model.layers}
+  for level, units in enumerate(levels):
+    assert layers[f'shared_experts_{level}'].kernel.shape[0] == 3
+    assert layers[f'click_experts_{level}'].kernel.shape[0] == 1
+    assert layers[f'click_experts_{level}'].units == units
+    assert layers[f'click_gate_{level}'].units == 1 + 3
+    has_shared_gate = f'shared_gate_{level}' in layers
+    assert has_shared_gate == (level < len(levels) - 1)
+    if has_shared_gate:
+      assert layers[f'shared_gate_{level}'].units == 3 * 1 + 3
 
 
 def test_esmm_ctcvr_is_ctr_times_cvr():
@@ -110,11 +142,20 @@ def test_esmm_trains_cvr_tower_only_through_ctcvr():
   assert any(not np.array_equal(b, a) for b, a in zip(before, after))
 
 
-@pytest.mark.parametrize('model_type', ['shared_bottom', 'mmoe'])
+@pytest.mark.parametrize('model_type', ['shared_bottom', 'mmoe', 'ple'])
 def test_stop_gradient_keeps_consumer_loss_out_of_producer_head(model_type):
   config = _config(model_type, dwell={'inputs_from': ['click']})
   network = build_network(config, CARDINALITIES)
-  producer_vars = [v for layer in network.groups['click'] for v in layer.trainable_variables]
+  producer = network.groups['click']
+  if model_type == 'ple':
+    # Below the last level a task's experts also feed the shared gate, so every task's loss
+    # reaches them by design; the producer's last level and tower must not see the consumer's.
+    last = len(config.model.expert_units) - 1
+    producer = [layer for layer in producer if not any(
+        layer.name == f'click_{kind}_{level}' for kind in ('experts', 'gate')
+        for level in range(last))]
+    assert len(producer) < len(network.groups['click'])
+  producer_vars = [v for layer in producer for v in layer.trainable_variables]
   consumer_vars = [v for layer in network.groups['dwell'] for v in layer.trainable_variables]
   labels = _labels()
   with tf.GradientTape(persistent=True) as tape:

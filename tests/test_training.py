@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import parse_config
-from trainer import optimizers, run
+from trainer import early_stopping, optimizers, run
 from trainer.model import MultiTaskModel
 from trainer.models import build_network
 
@@ -162,3 +162,105 @@ def test_backup_restores_every_group_optimizer_and_the_step(tmp_path, caplog):
     assert int(optimizer.iterations) == int(straight.group_optimizers[group].iterations) == 20
   for a, b in zip(resumed.variables, straight.variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+
+
+class _Snapshots(tf.keras.callbacks.Callback):
+  """The network's weights at the end of each epoch (after BestEpoch saw the epoch)."""
+
+  def __init__(self, network):
+    super().__init__()
+    self._network = network
+    self.by_epoch = {}
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.by_epoch[epoch] = _snapshot(self._network.weights)
+
+
+def _overfitting_data():
+  """One training batch, and eval labels that disagree with it: the dwell output starts at 0
+  and climbs towards the training mean (about 20 s), passing the eval dwell of 8 s, so the
+  validation loss falls, then rises."""
+  features, labels = _batch(64, seed=5)
+  eval_labels = {'click': 1.0 - labels['click'],
+                 'dwell_seconds': np.full(64, 8.0, dtype=np.float32)}
+  train = tf.data.Dataset.from_tensor_slices((features, labels)).batch(64).repeat()
+  evaluation = tf.data.Dataset.from_tensor_slices((features, eval_labels)).batch(64).repeat()
+  return train, evaluation
+
+
+def _stopping_config(**stopping):
+  return _config().with_overrides(training={'early_stopping': dict(
+      {'monitor': 'loss', 'patience': 2}, **stopping)})
+
+
+def _fit_with_early_stopping(config, train, evaluation, epochs=12, callbacks=()):
+  model = _model(config)
+  state = early_stopping.attach_state(model, model.network)
+  best = early_stopping.BestEpoch(config.training.early_stopping, state, model.network)
+  snapshots = _Snapshots(model.network)
+  history = model.fit(train, validation_data=evaluation, validation_steps=1, epochs=epochs,
+                      steps_per_epoch=3, verbose=0, callbacks=[best, *callbacks, snapshots])
+  return model, best, snapshots, history.history
+
+
+@pytest.mark.parametrize('monitor', ['loss', 'click'])
+def test_early_stopping_exports_the_best_epoch(monitor):
+  config = _stopping_config(monitor=monitor)
+  train, evaluation = _overfitting_data()
+  model, best, snapshots, history = _fit_with_early_stopping(config, train, evaluation)
+  watched = history['val_loss' if monitor == 'loss' else 'val_click_loss']
+  best_epoch = int(np.argmin(watched))
+  report = best.report()
+  assert report['stopped_early'], (watched, report)  # the setup overfits within 12 epochs
+  assert len(watched) == best_epoch + 1 + 2 < 12  # stopped 2 epochs (patience) after the best
+  assert report['exported_epoch'] == best_epoch + 1
+  assert report['epochs_trained'] == len(watched)
+  assert report['best_value'] == pytest.approx(watched[best_epoch], rel=1e-6)
+  assert 'stopped after epoch' in report['reason']
+  # The network holds the best epoch's weights, not the last epoch's.
+  last = snapshots.by_epoch[len(watched) - 1]
+  now = _snapshot(model.network.weights)
+  assert any(not np.array_equal(a, b) for a, b in zip(now, last))
+  for a, b in zip(now, snapshots.by_epoch[best_epoch]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_early_stopping_state_survives_a_restart_from_the_backup(tmp_path):
+  """BackupAndRestore checkpoints the early-stopping state with the model: a run interrupted
+  after its best epoch and resumed by a fresh process exports what an uninterrupted run
+  exports."""
+  config = _stopping_config(patience=3)
+  train, evaluation = _overfitting_data()
+  straight, straight_best, _, straight_history = _fit_with_early_stopping(
+      config, train, evaluation)
+  best_epoch = straight_best.report()['exported_epoch'] - 1
+  assert straight_best.report()['stopped_early']
+  backup = str(tmp_path / 'backup')
+
+  class Interrupt(tf.keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == best_epoch + 1:  # the best epoch is behind, the patience not used up
+        raise RuntimeError('interrupted')
+
+  with pytest.raises(RuntimeError, match='interrupted'):
+    _fit_with_early_stopping(config, train, evaluation, callbacks=[
+        tf.keras.callbacks.BackupAndRestore(backup), Interrupt()])
+  resumed, resumed_best, _, _ = _fit_with_early_stopping(config, train, evaluation, callbacks=[
+      tf.keras.callbacks.BackupAndRestore(backup)])
+  report = resumed_best.report()
+  assert report['exported_epoch'] == best_epoch + 1
+  assert report['epochs_trained'] == len(straight_history['loss'])
+  assert report['best_value'] == pytest.approx(straight_best.report()['best_value'], rel=1e-5)
+  for a, b in zip(resumed.network.weights, straight.network.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+
+
+def test_early_stopping_config_names_the_key():
+  from pipeline.config import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="training.early_stopping.monitor: 'ctr' is neither"):
+    _stopping_config(monitor='ctr')
+  with pytest.raises(ConfigError, match='training.early_stopping.patience: 0 must be >= 1'):
+    _stopping_config(patience=0)
+  with pytest.raises(ConfigError, match='training.early_stopping.wait: unknown key'):
+    _stopping_config(wait=3)
+  assert _config().training.early_stopping is None

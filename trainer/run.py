@@ -3,8 +3,9 @@
 Reads the transformed examples, builds the configured multi-task network and its training
 wrapper inside the distribution strategy's scope, trains with per-group optimizers and the
 configured loss weighting, writes TensorBoard logs and `training_summary.json` (per task: the
-learned sigma and effective loss weight, per epoch and final) to the model-run directory, and
-exports the serving SavedModel.
+learned sigma and effective loss weight, per epoch and final; which epoch was exported and
+why) to the model-run directory, and exports the serving SavedModel: the last epoch's weights,
+or with `training.early_stopping` the best epoch's (`trainer.early_stopping`).
 
 A loss that becomes NaN or infinite stops training at once with `NonFiniteLossError`, naming
 the step and the task(s) whose loss is not finite; nothing is exported (the export comes only
@@ -44,7 +45,7 @@ from absl import logging
 from tfx import v1 as tfx
 
 from pipeline.config import PipelineConfig
-from trainer import export
+from trainer import early_stopping, export
 from trainer.cluster import make_strategy, parse_tf_config
 from trainer.input import cardinalities, estimate_label_means, make_dataset
 from trainer.model import MultiTaskModel
@@ -147,7 +148,7 @@ def train(model: MultiTaskModel, train_dataset: tf.data.Dataset, eval_dataset: t
 
 
 def _summarise(history: Mapping[str, List[float]], config: PipelineConfig,
-               model: MultiTaskModel) -> Dict:
+               model: MultiTaskModel, exported: Dict) -> Dict:
   sigmas = model.loss_weighting.sigmas()
   weights = model.loss_weighting.task_weights()
   tasks = {}
@@ -161,7 +162,9 @@ def _summarise(history: Mapping[str, List[float]], config: PipelineConfig,
         'eval_loss_by_epoch': [float(v) for v in history.get(f'val_{t.name}_loss', [])],
     }
   return {'loss_weighting': config.training.loss_weighting, 'tasks': tasks,
-          'train_loss_by_epoch': [float(v) for v in history.get('loss', [])]}
+          'train_loss_by_epoch': [float(v) for v in history.get('loss', [])],
+          'eval_loss_by_epoch': [float(v) for v in history.get('val_loss', [])],
+          'exported': exported}
 
 
 class ReportResume(tf.keras.callbacks.Callback):
@@ -259,6 +262,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     network = build_network(config, cardinalities(config, tf_transform_output), label_means)
     model = MultiTaskModel(network, config)
     model.compile(optimizer=model.group_optimizers['trunk'])
+    stopping = config.training.early_stopping
+    best_epoch = (early_stopping.BestEpoch(
+        stopping, early_stopping.attach_state(model, model.network), model.network)
+                  if stopping is not None else None)
 
   backup_dir = os.path.join(fn_args.model_run_dir, BACKUP_DIR)
   # Resuming: the input skips the batches trained before the backup, so a resumed run trains
@@ -270,6 +277,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_dataset = train_dataset.skip(resumed_steps)
   with _worker_outputs(fn_args, is_chief) as (serving_model_dir, model_run_dir):
     callbacks = [
+        # Before the backup, so an epoch's backup holds the early-stopping state after it.
+        *([best_epoch] if best_epoch is not None else []),
         # Every worker restores; the chief writes the backup (the others a temporary copy).
         tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq='epoch',
                                             delete_checkpoint=True),
@@ -281,7 +290,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     history = train(model, train_dataset, eval_dataset, config, fn_args.train_steps,
                     fn_args.eval_steps, callbacks=callbacks)
     if is_chief:
-      summary = _summarise(history, config, model)
+      exported = (best_epoch.report() if best_epoch is not None else
+                  {'exported_epoch': epoch_schedule(fn_args.train_steps)[0],
+                   'reason': 'the last epoch (training.early_stopping is off)'})
+      summary = _summarise(history, config, model, exported)
       with tf.io.gfile.GFile(os.path.join(model_run_dir, TRAINING_SUMMARY_FILE), 'w') as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     export.export_serving_model(model.network, config, tf_transform_output, serving_model_dir)

@@ -11,12 +11,14 @@ from pipeline.config import PipelineConfig
 from trainer.models.base import MultiTaskNetwork
 from trainer.models.esmm import build_esmm, esmm_output_labels
 from trainer.models.mmoe import build_mmoe
+from trainer.models.ple import build_ple
 from trainer.models.shared_bottom import build_shared_bottom
 
 ARCHITECTURES: Dict[str, Callable[..., MultiTaskNetwork]] = {
     'shared_bottom': build_shared_bottom,
     'mmoe': build_mmoe,
     'esmm': build_esmm,
+    'ple': build_ple,
 }
 
 
