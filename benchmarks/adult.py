@@ -148,11 +148,15 @@ def boosted_trees(train: List[Dict], evaluation: List[Dict], task: str, seed: in
           'params': best, 'validation_auc': float(max(scores))}
 
 
+def _log1p(values: np.ndarray) -> np.ndarray:
+  return np.log1p(np.asarray(values, dtype=np.float64))
+
+
 def logistic_regression(train: List[Dict], evaluation: List[Dict], task: str) -> Dict[str, Any]:
   numeric_index = list(range(len(CATEGORICAL), len(CATEGORICAL) + len(NUMERIC)))
   transform = ColumnTransformer([
       ('categorical', OneHotEncoder(handle_unknown='ignore'), list(range(len(CATEGORICAL)))),
-      ('numeric', make_pipeline(FunctionTransformer(np.log1p), StandardScaler()),
+      ('numeric', make_pipeline(FunctionTransformer(_log1p), StandardScaler()),
        numeric_index)])
   model = make_pipeline(transform, LogisticRegression(max_iter=3000))
 

@@ -52,6 +52,8 @@ DEFAULT_MAX_REGRESSION = {
 
 # The train/eval split hashes the split key into this many buckets (components/log_example_gen.py).
 SPLIT_BUCKETS = 100
+# A numeric feature's quantile bucket is fed to the network as `<feature>__bucket`.
+BUCKET_SUFFIX = '__bucket'
 
 
 class ConfigError(ValueError):
@@ -69,6 +71,9 @@ class FeatureConfig:
   embedding_dim: int = 8
   # numeric
   scaling: str = 'z_score'
+  # numeric: also a learned embedding (embedding_dim) of the value's quantile bucket among this
+  # many (quantiles of the train split), beside the scaled value; 0: the scaled value alone
+  buckets: int = 0
   # numeric: ingestion quarantines a value below min or above max (out_of_range:<name>)
   min: Optional[float] = None
   max: Optional[float] = None
@@ -369,8 +374,8 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   raw = _require_mapping(raw, path)
   _check_keys(raw, path, [f.name for f in dataclasses.fields(FeatureConfig)], ['name', 'type'])
   ftype = _choice(raw['type'], f'{path}.type', FEATURE_TYPES)
-  only_for = {'categorical': ('top_k', 'frequency_threshold', 'oov_buckets', 'embedding_dim'),
-              'numeric': ('scaling', 'min', 'max')}
+  only_for = {'categorical': ('top_k', 'frequency_threshold', 'oov_buckets'),
+              'numeric': ('scaling', 'min', 'max', 'buckets')}
   defaults = {f.name: f.default for f in dataclasses.fields(FeatureConfig)}
   for other_type, keys in only_for.items():
     for key in keys:
@@ -391,6 +396,16 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
                                       minimum=1)
   if 'scaling' in raw:
     kwargs['scaling'] = _choice(raw['scaling'], f'{path}.scaling', NUMERIC_SCALINGS)
+  if raw.get('buckets'):
+    kwargs['buckets'] = _number(raw['buckets'], f'{path}.buckets', int, minimum=2,
+                                maximum=10000)
+  if (ftype == 'numeric' and not kwargs.get('buckets') and 'embedding_dim' in raw
+      and raw['embedding_dim'] != defaults['embedding_dim']):
+    raise ConfigError(f'{path}.embedding_dim: applies to categorical features and to numeric '
+                      'ones with buckets')
+  if kwargs['name'].endswith(BUCKET_SUFFIX):
+    raise ConfigError(f'{path}.name: {kwargs["name"]!r} ends with {BUCKET_SUFFIX!r}, which '
+                      "names a numeric feature's bucket")
   for key in ('min', 'max'):
     if raw.get(key) is not None:
       kwargs[key] = _number(raw[key], f'{path}.{key}')

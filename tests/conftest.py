@@ -65,6 +65,27 @@ def e2e_run(tmp_path_factory):
           'truth_dir': written['truth_dir'], 'logs': logs}
 
 
+def run_components(config, output_dir, components):
+  """Runs a pipeline of some components under TFX's LocalDagRunner, as run_local runs the
+  whole one (ML Metadata and pipeline root in `output_dir`); returns its ML Metadata store."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from pipeline.beam_args import beam_pipeline_args  # pylint: disable=g-import-not-at-top
+  from pipeline.local_runner import metadata_config  # pylint: disable=g-import-not-at-top
+  pipeline = tfx.dsl.Pipeline(
+      pipeline_name=config.name,
+      pipeline_root=os.path.join(str(output_dir), 'pipeline_root'),
+      components=list(components),
+      metadata_connection_config=metadata_config(str(output_dir)),
+      beam_pipeline_args=beam_pipeline_args(config.beam))
+  caller_argv, sys.argv = sys.argv, sys.argv[:1]  # TFX's Beam executors parse sys.argv
+  try:
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+  finally:
+    sys.argv = caller_argv
+  return mlmd_store(output_dir)
+
+
 def mlmd_store(run_dir):
   """The ML Metadata store of a local run (its SQLite file)."""
   from ml_metadata.metadata_store import metadata_store  # pylint: disable=g-import-not-at-top

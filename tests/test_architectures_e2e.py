@@ -41,6 +41,10 @@ def runs(e2e_run, tmp_path_factory):
         task = dataclasses.replace(task, inputs_from=('click',))
       tasks.append(task)
     config = dataclasses.replace(config, tasks=tuple(tasks))
+    if name == 'ple':  # and a quantile-bucket embedding of the price (Transform runs again)
+      config = dataclasses.replace(config, features=tuple(
+          dataclasses.replace(f, buckets=8, embedding_dim=4) if f.name == 'item_price' else f
+          for f in config.features))
     results[name] = (config, run_local(config, str(root / 'run')))
   log_file = sorted(str(p) for p in e2e_run['logs'].glob('day=2026-11-01/*.gz'))[0]
   with gzip.open(log_file, 'rt') as f:
@@ -79,9 +83,37 @@ def test_the_summary_says_which_epoch_was_exported_and_why(runs):
 def test_other_architectures_reuse_cached_ingestion_and_transform(runs):
   for model in MODELS:
     components = runs[0][model][1]['components']
-    for name in ('LogExampleGen', 'StatisticsGen', 'Transform'):
+    for name in ('LogExampleGen', 'StatisticsGen'):
       assert components[name]['state'] == 'CACHED', (model, name, components[name])
+    # PLE's run adds price buckets: a preprocessing change, so Transform runs again
+    assert components['Transform']['state'] == ('COMPLETE' if model == 'ple' else 'CACHED')
     assert components['Trainer']['state'] == 'COMPLETE'
+
+
+def test_served_model_with_price_buckets_serves_both_signatures(runs):
+  """The PLE run's price bucket is computed inside the served graph: both signatures give
+  the same answer, and a price far outside the training range lands in the last bucket."""
+  from components import serving_requests  # pylint: disable=g-import-not-at-top
+  from components.records import record_to_instance  # pylint: disable=g-import-not-at-top
+  (config, summary), records = runs[0]['ple'], runs[1]
+  loaded = tf.saved_model.load(summary['push']['path'])
+  records = records[:20] + [dict(records[0], item_price=1e30)]
+  examples = [record_to_example(r, config, with_labels=False).SerializeToString()
+              for r in records]
+  by_examples = loaded.signatures['serving_default'](examples=tf.constant(examples))
+  signature = loaded.signatures['predict_instances']
+  instances = json.loads(json.dumps([record_to_instance(r, config) for r in records]))
+  by_instances = signature(**{k: tf.constant(v) for k, v in
+                              serving_requests.instances_to_inputs(signature, instances).items()})
+  for task in config.tasks:
+    assert np.all(np.isfinite(by_examples[task.name].numpy()))
+    np.testing.assert_allclose(by_instances[task.name].numpy(), by_examples[task.name].numpy(),
+                               atol=1e-6)
+  transform = loaded.signatures['transform_features']
+  labelled = [record_to_example(r, config).SerializeToString() for r in records]
+  buckets = transform(examples=tf.constant(labelled))['item_price__bucket'].numpy()
+  assert set(buckets.tolist()) <= set(range(8)) and len(set(buckets.tolist())) > 2
+  assert buckets[-1] == 7
 
 
 def test_served_esmm_returns_ctr_cvr_ctcvr(runs):

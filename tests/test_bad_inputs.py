@@ -18,15 +18,12 @@ import sys
 
 import pytest
 import tensorflow as tf
-from ml_metadata.metadata_store import metadata_store
-from tfx import v1 as tfx
 from tfx.components.example_gen.utils import date_to_span_number
 
 from components import log_example_gen
 from components.log_example_gen import LogExampleGen, read_counts, read_quarantined
-from conftest import REPO, sample_config
-from pipeline.beam_args import beam_pipeline_args
-from pipeline.local_runner import PipelineRunError, metadata_config, run_local
+from conftest import REPO, run_components, sample_config
+from pipeline.local_runner import PipelineRunError, run_local
 from pipeline.run_summary import SUMMARY_FILE, build_summary, read_run, write_summary
 from pipeline.sample_logs import generate_logs
 
@@ -50,19 +47,8 @@ def _user_of(raw: bytes) -> str:
 
 def _run_ingestion(config, output_dir):
   """Runs a pipeline of LogExampleGen alone, as run_local runs the whole one."""
-  connection = metadata_config(output_dir)
-  pipeline = tfx.dsl.Pipeline(
-      pipeline_name=config.name,
-      pipeline_root=os.path.join(output_dir, 'pipeline_root'),
-      components=[LogExampleGen(input_base=config.data.input_base, config=config)],
-      metadata_connection_config=connection,
-      beam_pipeline_args=beam_pipeline_args(config.beam))
-  caller_argv, sys.argv = sys.argv, sys.argv[:1]  # TFX's Beam executors parse sys.argv
-  try:
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-  finally:
-    sys.argv = caller_argv
-  store = metadata_store.MetadataStore(connection)
+  store = run_components(config, output_dir,
+                         [LogExampleGen(input_base=config.data.input_base, config=config)])
   write_summary(build_summary(config, store), output_dir)
   return read_run(store, config.name)['nodes']['LogExampleGen']['outputs']
 

@@ -68,6 +68,18 @@ def _error(raw) -> str:
     (lambda r: r['features'][0].update(scaling='log'),
      'features[0].scaling: only applies to numeric features, this one is categorical'),
     (lambda r: r.update(features=[]), 'features: expected a non-empty list of features'),
+    (lambda r: r['features'][0].update(buckets=8),
+     'features[0].buckets: only applies to numeric features, this one is categorical'),
+    (lambda r: r['features'][6].update(buckets=1), 'features[6].buckets: 1 must be >= 2'),
+    (lambda r: r['features'][6].update(embedding_dim=4),
+     'features[6].embedding_dim: applies to categorical features and to numeric ones with '
+     'buckets'),
+    (lambda r: r['features'][0].update(name='price__bucket'),
+     "features[0].name: 'price__bucket' ends with '__bucket'"),
+    (lambda r: r['training'].update(early_stopping={'monitor': 'ctr'}),
+     "training.early_stopping.monitor: 'ctr' is neither loss (the total) nor a task"),
+    (lambda r: r['model'].update(num_shared_experts=0),
+     'model.num_shared_experts: 0 must be >= 1'),
     (lambda r: r['tasks'][0].update(head_units=[]),
      'tasks[0].head_units: expected a non-empty list of layer sizes'),
     (lambda r: r['tasks'][0].update(max_regression={'root_mean_squared_error': 1}),
@@ -135,7 +147,8 @@ def test_every_config_key_is_documented():
   sections = [config_module.PipelineConfig, config_module.DataConfig,
               config_module.FeatureConfig, config_module.TaskConfig,
               config_module.ModelConfig, config_module.TrainingConfig,
-              config_module.OptimizerConfig, config_module.ServingConfig,
+              config_module.OptimizerConfig, config_module.EarlyStoppingConfig,
+              config_module.ServingConfig,
               config_module.BeamConfig, config_module.KubeflowConfig]
   missing = [f'{cls.__name__}.{field.name}' for cls in sections
              for field in dataclasses.fields(cls) if f'`{field.name}`' not in doc]

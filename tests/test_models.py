@@ -179,3 +179,24 @@ def test_inputs_from_is_validated():
   raw['model']['esmm_conversion_task'] = 'dwell'
   with pytest.raises(ConfigError, match="task 'dwell' must be binary for esmm"):
     parse_config(raw)
+
+
+def test_a_numeric_feature_with_buckets_adds_a_bucket_embedding_to_the_trunk(tmp_path):
+  raw = {**BASE, 'features': [
+      *BASE['features'][:2], {'name': 'position', 'type': 'numeric', 'buckets': 5,
+                              'embedding_dim': 3}], 'model': {'trunk_units': [16]}}
+  config = parse_config(raw)
+  network = build_network(config, {**CARDINALITIES, 'position__bucket': 5})
+  assert 'position__bucket' in network.model.input
+  embedding = network.model.get_layer('position__bucket_embedding')
+  assert embedding.input_dim == 5 and embedding.output_dim == 3
+  assert embedding in network.groups['trunk']
+  features = dict(_features(), position__bucket=tf.constant(np.arange(32) % 5))
+  expected = network.model(features)
+  network.model.save(str(tmp_path / 'model'), save_format='tf')
+  reloaded = tf.keras.models.load_model(str(tmp_path / 'model'))
+  for name, value in reloaded(features).items():
+    np.testing.assert_allclose(value.numpy(), expected[name].numpy(), rtol=1e-6)
+  # the bucket really is an input: another bucket, another prediction
+  moved = network.model(dict(features, position__bucket=tf.constant((np.arange(32) + 1) % 5)))
+  assert not np.allclose(moved['click'].numpy(), expected['click'].numpy())

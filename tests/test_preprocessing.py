@@ -100,6 +100,31 @@ def test_numeric_values_outside_the_analysed_range_are_clamped_to_it(transformed
   assert column(new_data, 'raw')[1:] == [0.0, 2.5 * 5]
 
 
+def test_quantile_buckets_of_a_numeric_feature(tmp_path):
+  """`buckets`: the scaled value as before, and the value's quantile bucket among the
+  analysed rows as an integer id after the categorical ids; beyond the range, the edge
+  buckets."""
+  raw = CONFIG.to_dict()
+  raw['features'][3]['buckets'] = 3  # price
+  config = parse_config(raw)
+  metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(FEATURE_SPEC))
+  new_rows = [dict(ROWS[0], price=-5.0), dict(ROWS[0], price=1e9)]
+  with tft_beam.Context(temp_dir=str(tmp_path)):
+    (data, _), transform_fn = ((ROWS, metadata) | tft_beam.AnalyzeAndTransformDataset(
+        build_preprocessing_fn(config)))
+    new_data, _ = ((new_rows, metadata), transform_fn) | tft_beam.TransformDataset()
+  assert transformed_layout(config)['price__bucket'] == ('categorical_ids', 2)
+  packed, index = transformed_layout(config)['price__bucket']
+  ids = [row[packed][index] for row in data]
+  assert ids == sorted(ids) and ids[0] == 0 and ids[-1] == 2, ids  # PRICES increase
+  assert len(set(ids)) == 3
+  assert [row[packed][index] for row in new_data] == [0, 2]
+  price, at = transformed_layout(config)['price']  # the scaled value is still there
+  logs = np.log1p(PRICES)
+  np.testing.assert_allclose([row[price][at] for row in data], (logs - logs.mean()) / logs.std(),
+                             rtol=1e-5)
+
+
 def test_labels_pass_through_as_float(transformed):
   data, _ = transformed
   assert column(data, 'click') == [i % 2 for i in range(6)]

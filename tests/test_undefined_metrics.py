@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import tensorflow as tf
@@ -14,9 +13,7 @@ from tfx import v1 as tfx
 
 from components.served_baseline_evaluator import (BASELINE, CANDIDATE, ServedBaselineEvaluator,
                                                   not_evaluated, undefined_metrics)
-from conftest import mlmd_store, output_uri
-from pipeline.beam_args import beam_pipeline_args
-from pipeline.local_runner import metadata_config
+from conftest import output_uri, run_components
 from pipeline.pipeline import build_eval_config
 from pipeline.run_summary import build_summary, format_table, write_summary
 
@@ -81,17 +78,8 @@ def one_class_evaluation(e2e_run, tmp_path_factory):
       eval_config=build_eval_config(config), push_dir=config.serving.push_dir,
       model_name=config.serving.model_name, sample_examples=0).with_id('Evaluator')
   run_dir = root / 'run'
-  pipeline = tfx.dsl.Pipeline(
-      pipeline_name=config.name, pipeline_root=str(run_dir / 'pipeline_root'),
-      components=[examples, model, evaluator],
-      metadata_connection_config=metadata_config(str(run_dir)),
-      beam_pipeline_args=beam_pipeline_args(config.beam))
-  caller_argv, sys.argv = sys.argv, sys.argv[:1]  # TFX's Beam executors parse sys.argv
-  try:
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-  finally:
-    sys.argv = caller_argv
-  summary = build_summary(config, mlmd_store(run_dir))
+  store = run_components(config, run_dir, [examples, model, evaluator])
+  summary = build_summary(config, store)
   with open(write_summary(summary, str(run_dir))) as f:
     text = f.read()
   return {'summary': summary, 'text': text, 'e2e': e2e_run['summary']}

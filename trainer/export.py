@@ -29,7 +29,7 @@ import tensorflow_transform as tft
 
 from pipeline.config import PipelineConfig
 from trainer.models import output_labels
-from trainer.preprocessing import unpack_transformed
+from trainer.preprocessing import network_inputs, unpack_transformed
 
 SERVING_SIGNATURE = 'serving_default'
 INSTANCES_SIGNATURE = 'predict_instances'
@@ -81,7 +81,7 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   """Returns {signature name: concrete function} for serving, REST instances and debugging."""
   # Tracked on the model so the transform graph and its assets are saved with it.
   network.tft_layer = tf_transform_output.transform_features_layer()
-  feature_names = [f.name for f in config.features]
+  feature_names = network_inputs(config)
   output_names = list(output_labels(config))
   serving_spec = serving_feature_spec(config, tf_transform_output)
 

@@ -11,7 +11,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline.config import PipelineConfig
-from trainer.preprocessing import transformed_layout, unpack_transformed, vocabulary_name
+from trainer.preprocessing import (bucket_name, network_inputs, transformed_layout,
+                                   unpack_transformed, vocabulary_name)
 
 _LABEL_MEAN_BATCHES = 20
 
@@ -102,7 +103,7 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
   compression = 'GZIP' if compressed.pop() else ''
   seed = config.training.seed
   spec = packed_feature_spec(config, tf_transform_output)
-  feature_names = [f.name for f in config.features]
+  feature_names = network_inputs(config)
   label_names = [t.label for t in config.tasks]
 
   def features_and_labels(columns):
@@ -130,9 +131,12 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
 
 def cardinalities(config: PipelineConfig,
                   tf_transform_output: tft.TFTransformOutput) -> Dict[str, int]:
-  """Embedding rows per categorical feature: vocabulary size plus OOV buckets."""
-  return {f.name: tf_transform_output.vocabulary_size_by_name(vocabulary_name(f.name)) +
+  """Embedding rows per categorical feature (vocabulary size plus OOV buckets) and per
+  numeric feature's quantile bucket input (its `buckets`)."""
+  rows = {f.name: tf_transform_output.vocabulary_size_by_name(vocabulary_name(f.name)) +
           f.oov_buckets for f in config.categorical_features}
+  rows.update({bucket_name(f.name): f.buckets for f in config.numeric_features if f.buckets})
+  return rows
 
 
 def estimate_label_means(dataset: tf.data.Dataset, config: PipelineConfig) -> Dict[str, float]:

@@ -4,7 +4,8 @@
   frequency_threshold, OOV buckets from the config); ids >= vocabulary size are OOV buckets.
   The vocabulary files become assets of the exported model.
 - numeric feature -> clamped to the range of the analysed data (tft.min / tft.max), then
-  z-score, or z-score of log1p(max(x, 0)) (`log`), or passed as float.
+  z-score, or z-score of log1p(max(x, 0)) (`log`), or passed as float; with `buckets`, also
+  its quantile bucket id (`tft.bucketize`), which the network embeds.
 - labels -> float32, unchanged in value (binary 0/1, regression in its own units), so the
   losses and TFMA see the same label.
 
@@ -22,18 +23,30 @@ Transform calls `preprocessing_fn(inputs, custom_config)` with
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline.config import FeatureConfig, PipelineConfig
+from pipeline.config import BUCKET_SUFFIX, FeatureConfig, PipelineConfig
 
 CONFIG_KEY = 'pipeline_config'
 
 CATEGORICAL_COLUMN = 'categorical_ids'
 NUMERIC_COLUMN = 'numeric_values'
 LABEL_COLUMN = 'labels'
+
+
+def bucket_name(feature_name: str) -> str:
+  """The network input holding a numeric feature's quantile bucket (`buckets` in the config)."""
+  return feature_name + BUCKET_SUFFIX
+
+
+def network_inputs(config: PipelineConfig) -> List[str]:
+  """The transformed features the network reads, by name: every feature, then the quantile
+  bucket of each numeric feature with `buckets`."""
+  return [f.name for f in config.features] + [bucket_name(f.name) for f in config.features
+                                              if f.type == 'numeric' and f.buckets]
 
 
 def vocabulary_name(feature_name: str) -> str:
@@ -89,10 +102,20 @@ def _z_score(values: tf.Tensor, analysed: tf.Tensor) -> tf.Tensor:
   return tf.where(deviation > 0, centered / deviation, centered)
 
 
+def transform_buckets(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
+  """The value's quantile bucket, 0 to `buckets` - 1, the boundaries being quantiles of the
+  analysed (train) data (computed in the same pass as the other analyzers); values beyond
+  them fall in the first or last bucket."""
+  return tft.bucketize(tf.cast(_dense(values), tf.float32), num_buckets=feature.buckets)
+
+
 def transformed_layout(config: PipelineConfig) -> Dict[str, Tuple[str, int]]:
-  """Where each feature and label is in the transformed examples: name -> (column, index)."""
+  """Where each feature and label is in the transformed examples: name -> (column, index).
+  Quantile buckets are integer ids, after the categorical features."""
   layout = {}
-  for column, names in ((CATEGORICAL_COLUMN, [f.name for f in config.categorical_features]),
+  buckets = [bucket_name(f.name) for f in config.numeric_features if f.buckets]
+  for column, names in ((CATEGORICAL_COLUMN,
+                         [f.name for f in config.categorical_features] + buckets),
                         (NUMERIC_COLUMN, [f.name for f in config.numeric_features]),
                         (LABEL_COLUMN, [t.label for t in config.tasks])):
     layout.update({name: (column, index) for index, name in enumerate(names)})
@@ -119,6 +142,8 @@ def build_preprocessing_fn(config: PipelineConfig):
         values[feature.name] = transform_categorical(inputs[feature.name], feature)
       else:
         values[feature.name] = transform_numeric(inputs[feature.name], feature)
+        if feature.buckets:
+          values[bucket_name(feature.name)] = transform_buckets(inputs[feature.name], feature)
     for task in config.tasks:
       values[task.label] = tf.cast(_dense(inputs[task.label]), tf.float32)
     columns: Dict[str, list] = {}

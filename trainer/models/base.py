@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from pipeline.config import PipelineConfig, TaskConfig, order_tasks
+from trainer.preprocessing import bucket_name
 
 TRUNK_GROUP = 'trunk'
 
@@ -27,18 +28,25 @@ class MultiTaskNetwork:
 
 
 def feature_inputs(config: PipelineConfig) -> Dict[str, tf.keras.Input]:
-  """One Keras input per feature: int64 ids for categorical, float32 for numeric."""
-  return {
+  """One Keras input per feature: int64 ids for categorical, float32 for numeric; and int64
+  ids for each numeric feature's quantile bucket (`buckets`)."""
+  inputs = {
       f.name: tf.keras.Input(shape=(), name=f.name,
                              dtype=tf.int64 if f.type == 'categorical' else tf.float32)
       for f in config.features
   }
+  for f in config.numeric_features:
+    if f.buckets:
+      inputs[bucket_name(f.name)] = tf.keras.Input(shape=(), name=bucket_name(f.name),
+                                                   dtype=tf.int64)
+  return inputs
 
 
 def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
                  cardinalities: Mapping[str, int]
                  ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
-  """Concatenates one embedding per categorical feature and the numeric features.
+  """Concatenates one embedding per categorical feature and the numeric features (each
+  scaled value, and the embedding of its quantile bucket when it has `buckets`).
 
   Returns the concatenated tensor and the embedding layers (they belong to the trunk group).
   """
@@ -52,6 +60,12 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
     else:
       parts.append(tf.keras.layers.Reshape((1,), name=f'{feature.name}_column')(
           inputs[feature.name]))
+      if feature.buckets:
+        name = bucket_name(feature.name)
+        embedding = tf.keras.layers.Embedding(cardinalities[name], feature.embedding_dim,
+                                              name=f'{name}_embedding')
+        layers.append(embedding)
+        parts.append(embedding(inputs[name]))
   return tf.keras.layers.Concatenate(name='features')(parts), layers
 
 
