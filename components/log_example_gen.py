@@ -822,7 +822,7 @@ class LogExampleGen(FileBasedExampleGen):
         range_config=range_config,
         output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
         output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-        pipeline_config=config.data_view().to_json(),
+        pipeline_config=config.ingestion_view().to_json(),
         span_pattern=file_pattern,
         window_spans=config.data.window_spans,
         examples=types.Channel(type=standard_artifacts.Examples),

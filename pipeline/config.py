@@ -277,11 +277,20 @@ class PipelineConfig:
     """
     return PipelineConfig(name=self.name,
                           data=dataclasses.replace(self.data, accept_anomalies=()),
-                          features=tuple(dataclasses.replace(f, max_drift=None, max_skew=None)
-                                         for f in self.features),
+                          features=tuple(dataclasses.replace(
+                              f, max_drift=None, max_skew=None,
+                              embedding_dim=FeatureConfig.embedding_dim) for f in self.features),
                           tasks=tuple(TaskConfig(name=t.name, label=t.label, type=t.type,
                                                  label_min=t.label_min, label_max=t.label_max)
                                       for t in self.tasks))
+
+  def ingestion_view(self) -> 'PipelineConfig':
+    """What ingestion reads: `data_view` without how Transform encodes the features
+    (vocabulary limits, scaling, buckets), so changing those re-runs Transform, not
+    LogExampleGen."""
+    view = self.data_view()
+    return dataclasses.replace(view, features=tuple(
+        FeatureConfig(name=f.name, type=f.type, min=f.min, max=f.max) for f in view.features))
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)

@@ -85,7 +85,7 @@ def test_other_architectures_reuse_cached_ingestion_and_transform(runs):
     components = runs[0][model][1]['components']
     for name in ('LogExampleGen', 'StatisticsGen'):
       assert components[name]['state'] == 'CACHED', (model, name, components[name])
-    # PLE's run adds price buckets: a preprocessing change, so Transform runs again
+    # PLE's run adds price buckets: a change to Transform (not to ingestion), which runs again
     assert components['Transform']['state'] == ('COMPLETE' if model == 'ple' else 'CACHED')
     assert components['Trainer']['state'] == 'COMPLETE'
 

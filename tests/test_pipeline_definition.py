@@ -1,5 +1,6 @@
 """create_pipeline is a pure function of the config; its graph and TFMA config follow the tasks."""
 
+import dataclasses
 import tensorflow_model_analysis as tfma
 
 from conftest import sample_config
@@ -68,3 +69,13 @@ def test_ingestion_and_transform_see_only_the_data_view(tmp_path):
   changed = sample_config(training={'train_steps': 5, 'loss_weighting': 'equal'},
                           model={'trunk_units': [8]}, serving={'model_name': 'other'})
   assert params(base) == params(changed)
+  # An embedding width is the model's: neither ingestion nor Transform sees it. How Transform
+  # encodes a feature (buckets, scaling, vocabulary) re-runs Transform, not ingestion.
+  wider = dataclasses.replace(base, features=tuple(
+      dataclasses.replace(f, embedding_dim=f.embedding_dim + 1) for f in base.features))
+  assert params(base) == params(wider)
+  bucketed = dataclasses.replace(base, features=tuple(
+      dataclasses.replace(f, buckets=4) if f.type == 'numeric' else
+      dataclasses.replace(f, oov_buckets=f.oov_buckets + 1) for f in base.features))
+  assert params(base)['LogExampleGen'] == params(bucketed)['LogExampleGen']
+  assert params(base)['Transform'] != params(bucketed)['Transform']
