@@ -15,8 +15,14 @@ tasks, as is usual for multi-task work on census data: income above 50K, and nev
    regression (one-hot categoricals, scaled numerics) are trained per task, and every model's
    AUC is taken on the pipeline's eval split.
 
-    .venv/bin/python benchmarks/adult.py [--data PATH] [--seeds 3] [--model ple]
-        [--buckets 16] [--out benchmarks/results/adult.json]
+    .venv/bin/python benchmarks/adult.py [--data PATH] [--seeds 3]
+        [--set model.type=ple] [--set features.numeric.buckets=16] ...
+        [--out benchmarks/results/adult.json]
+
+`--set PATH=VALUE` changes one key of the config (VALUE is read as YAML). In a list, a path
+part selects the elements of that name or type, or `*` all of them:
+`features.categorical.embedding_dim=auto`, `tasks.*.optimizer.weight_decay=0.01`,
+`tasks.income.head_units=[64]`.
 
 Prints a markdown table (mean and spread over the seeds) and writes every number as JSON.
 """
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import sys
@@ -36,6 +41,7 @@ from typing import Any, Dict, List, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS)
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ml_metadata.metadata_store import metadata_store  # noqa: E402
 from sklearn.compose import ColumnTransformer  # noqa: E402
@@ -45,7 +51,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import load_config, parse_config  # noqa: E402
 from pipeline.local_runner import metadata_config, run_local  # noqa: E402
 from pipeline.run_summary import read_run  # noqa: E402
 
@@ -56,7 +62,8 @@ CATEGORICAL = ['workclass', 'education', 'occupation', 'relationship', 'race', '
                'native_country']
 NUMERIC = ['age', 'fnlwgt', 'education_num', 'capital_gain', 'capital_loss', 'hours_per_week']
 TASKS = ['income', 'never_married']
-GRID = [{'learning_rate': lr, 'max_iter': it} for lr in (0.05, 0.1) for it in (200, 500)]
+GRID = [{'learning_rate': lr, 'max_iter': it, 'max_leaf_nodes': leaves}
+        for lr in (0.02, 0.05, 0.1) for it in (100, 200, 400) for leaves in (15, 31)]
 
 
 def read_rows(path: str) -> List[Dict[str, Any]]:
@@ -170,21 +177,41 @@ def logistic_regression(train: List[Dict], evaluation: List[Dict], task: str) ->
                                      model.predict_proba(matrix(evaluation))[:, 1]))}
 
 
-def run_seed(rows: List[Dict[str, Any]], seed: int, root: str, model_type: str,
-             buckets: int = 0) -> Dict[str, Any]:
+def apply_setting(raw: Any, path: str, value: Any) -> None:
+  """Sets `path` (dotted; in a list, a part selects elements by name or type, `*` all) to
+  `value` in the raw config, in place."""
+  head, _, rest = path.partition('.')
+  if isinstance(raw, list):
+    chosen = [e for e in raw if head == '*' or head in (e.get('name'), e.get('type'))]
+    if not chosen:
+      raise SystemExit(f'--set: no element {head!r} in the list (names and types: '
+                       f'{sorted({e.get("name") for e in raw} | {e.get("type") for e in raw})})')
+    for element in chosen:
+      apply_setting(element, path, value) if not rest else apply_setting(element, rest, value)
+    return
+  if not rest:
+    raw[head] = value
+    return
+  if raw.get(head) is None:
+    raw[head] = {}
+  apply_setting(raw[head], rest, value)
+
+
+def configured(settings: List[Tuple[str, Any]], seed: int, logs: str, push_dir: str):
+  raw = json.loads(load_config(CONFIG, base_dir=REPO).to_json())
+  raw['data']['input_base'] = logs
+  raw['serving']['push_dir'] = push_dir
+  raw['training']['seed'] = seed
+  for path, value in settings:
+    apply_setting(raw, path, value)
+  return parse_config(raw)
+
+
+def run_seed(rows: List[Dict[str, Any]], seed: int, root: str,
+             settings: List[Tuple[str, Any]]) -> Dict[str, Any]:
   logs = os.path.join(root, f'seed-{seed}', 'logs')
   write_logs(rows, logs, seed)
-  config = load_config(CONFIG, base_dir=REPO)
-  overrides = {'data': {'input_base': logs},
-               'serving': {'push_dir': os.path.join(root, f'seed-{seed}', 'serving')},
-               'training': {'seed': seed}}
-  if model_type:
-    overrides['model'] = {'type': model_type}
-  config = config.with_overrides(**overrides)
-  if buckets:  # every numeric feature also as an embedding of its quantile bucket
-    config = dataclasses.replace(config, features=tuple(
-        dataclasses.replace(f, buckets=buckets, embedding_dim=4) if f.type == 'numeric' else f
-        for f in config.features))
+  config = configured(settings, seed, logs, os.path.join(root, f'seed-{seed}', 'serving'))
   run_dir = os.path.join(root, f'seed-{seed}', 'run')
   started = time.time()
   summary = run_local(config, run_dir)
@@ -218,22 +245,27 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--data', default=DEFAULT_DATA)
   parser.add_argument('--seeds', type=int, default=3)
-  parser.add_argument('--model', default='', help='model.type instead of the config\'s')
-  parser.add_argument('--buckets', type=int, default=0,
-                      help='quantile buckets for every numeric feature (0: none)')
+  parser.add_argument('--set', action='append', default=[], metavar='PATH=VALUE',
+                      help='change one config key (see the module docstring); repeatable')
   parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results',
                                                     'adult.json'))
   args = parser.parse_args(argv)
+  settings = []
+  for item in args.set:
+    path, sep, value = item.partition('=')
+    if not sep:
+      parser.error(f'--set {item!r}: expected PATH=VALUE')
+    settings.append((path, yaml.safe_load(value)))
+  configured(settings, 0, 'logs', 'serving')  # a mistake stops here, naming the key
   rows = read_rows(args.data)
   results = []
   with tempfile.TemporaryDirectory(prefix='adult-') as root:
     for seed in range(args.seeds):
-      results.append(run_seed(rows, seed, root, args.model, args.buckets))
+      results.append(run_seed(rows, seed, root, settings))
       print(json.dumps(results[-1]), flush=True)
-  model_type = args.model or load_config(CONFIG, base_dir=REPO).model.type
-  print(f'\nAdult, {len(rows)} rows, {args.seeds} seeds of the split; pipeline model '
-        f'{model_type}, numeric buckets {args.buckets or "none"}; eval AUC, mean ± standard '
-        'deviation over the seeds\n')
+  print(f'\nAdult, {len(rows)} rows, {args.seeds} seeds of the split; pipeline: '
+        f'benchmarks/configs/adult.yaml {" ".join("--set " + s for s in args.set)}; eval AUC, '
+        'mean ± standard deviation over the seeds\n')
   print('| task | pipeline | boosted trees (tuned) | logistic regression | pipeline - trees |')
   print('| --- | --- | --- | --- | --- |')
   for task in TASKS:
@@ -248,8 +280,7 @@ def main(argv=None) -> int:
         ', '.join(str(r['pipeline_seconds']) for r in results))
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
-    json.dump({'rows': len(rows), 'model_type': model_type, 'buckets': args.buckets,
-               'seeds': results}, f, indent=2)
+    json.dump({'rows': len(rows), 'settings': args.set, 'seeds': results}, f, indent=2)
   print(f'wrote {args.out}')
   return 0
 

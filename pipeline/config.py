@@ -26,6 +26,7 @@ BEAM_RUNNERS = ('direct', 'dataflow', 'flink', 'spark')
 DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
 ENVIRONMENT_TYPES = ('DOCKER', 'EXTERNAL', 'PROCESS', 'LOOPBACK')
 LOSS_WEIGHTINGS = ('uncertainty', 'fixed', 'equal')
+AUTO = 'auto'  # features[].embedding_dim: a width from the embedding's row count
 OPTIMIZERS = ('adam', 'sgd', 'adagrad')
 LR_SCHEDULES = ('constant', 'cosine', 'exponential')
 # Metric names are TFMA's; these are the ones each task type computes and may be thresholded on.
@@ -68,7 +69,9 @@ class FeatureConfig:
   top_k: Optional[int] = None
   frequency_threshold: int = 0
   oov_buckets: int = 1
-  embedding_dim: int = 8
+  # The embedding width: a number, or 'auto' for min(64, round(1.6 * rows ** 0.56)) from the
+  # embedding's row count (vocabulary plus OOV buckets, or buckets), after fast.ai's rule.
+  embedding_dim: Union[int, str] = 8
   # numeric
   scaling: str = 'z_score'
   # numeric: also a learned embedding (embedding_dim) of the value's quantile bucket among this
@@ -97,6 +100,9 @@ class OptimizerConfig:
   learning_rate: float = 0.003
   schedule: str = 'constant'  # constant | cosine | exponential, over training.train_steps
   decay_rate: float = 0.1     # exponential: the learning rate's factor at the last step
+  # Decoupled weight decay (Loshchilov & Hutter; AdamW for adam): each step every kernel and
+  # embedding table of the group shrinks by learning_rate * weight_decay; biases are not decayed.
+  weight_decay: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +146,9 @@ class DataConfig:
 class ModelConfig:
   type: str = 'shared_bottom'
   trunk_units: Sequence[int] = (128, 64)  # shared_bottom, esmm: shared dense layers
-  dropout: float = 0.0
+  dropout: float = 0.0                    # shared_bottom, esmm: after each trunk layer
+  embedding_dropout: float = 0.0          # every architecture: on each embedding's output
+  head_dropout: float = 0.0               # every architecture: after each task-head layer
   num_experts: int = 4                    # mmoe
   expert_units: Sequence[int] = (64,)     # mmoe: each expert's dense layers; ple: one level each
   num_shared_experts: int = 2             # ple: shared experts per level
@@ -345,11 +353,12 @@ def _choice(value: Any, path: str, allowed: Sequence[str]) -> str:
 
 
 def _number(value: Any, path: str, kind: type = float, minimum: Optional[float] = None,
-            maximum: Optional[float] = None, exclusive_min: bool = False) -> Any:
+            maximum: Optional[float] = None, exclusive_min: bool = False,
+            also_allowed: str = '') -> Any:
   if isinstance(value, bool) or not isinstance(value, (int, float)) or (
       kind is int and not float(value).is_integer()):
-    raise ConfigError(f'{path}: expected {"an integer" if kind is int else "a number"}, '
-                      f'got {value!r}')
+    raise ConfigError(f'{path}: expected {"an integer" if kind is int else "a number"}'
+                      f'{" or " + also_allowed if also_allowed else ""}, got {value!r}')
   value = kind(value)
   if minimum is not None and (value <= minimum if exclusive_min else value < minimum):
     raise ConfigError(f'{path}: {value} must be {">" if exclusive_min else ">="} {minimum}')
@@ -401,8 +410,9 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   if 'oov_buckets' in raw:
     kwargs['oov_buckets'] = _number(raw['oov_buckets'], f'{path}.oov_buckets', int, minimum=1)
   if 'embedding_dim' in raw:
-    kwargs['embedding_dim'] = _number(raw['embedding_dim'], f'{path}.embedding_dim', int,
-                                      minimum=1)
+    kwargs['embedding_dim'] = (AUTO if raw['embedding_dim'] == AUTO else _number(
+        raw['embedding_dim'], f'{path}.embedding_dim', int, minimum=1,
+        also_allowed=f"'{AUTO}'"))
   if 'scaling' in raw:
     kwargs['scaling'] = _choice(raw['scaling'], f'{path}.scaling', NUMERIC_SCALINGS)
   if raw.get('buckets'):
@@ -444,6 +454,9 @@ def _parse_optimizer(raw: Any, path: str, default: OptimizerConfig) -> Optimizer
   if 'decay_rate' in raw:
     kwargs['decay_rate'] = _number(raw['decay_rate'], f'{path}.decay_rate', minimum=0.0,
                                    maximum=1.0, exclusive_min=True)
+  if 'weight_decay' in raw:
+    kwargs['weight_decay'] = _number(raw['weight_decay'], f'{path}.weight_decay', minimum=0.0,
+                                     maximum=1.0)
   return dataclasses.replace(default, **kwargs)
 
 
@@ -564,7 +577,7 @@ def _parse_model_field(key: str, value: Any, path: str) -> Any:
     return _choice(value, path, MODEL_TYPES)
   if key in ('trunk_units', 'expert_units'):
     return _units(value, path)
-  if key == 'dropout':
+  if key in ('dropout', 'embedding_dropout', 'head_dropout'):
     return _number(value, path, minimum=0.0, maximum=0.9)
   if key in ('num_experts', 'num_shared_experts', 'num_task_experts'):
     return _number(value, path, int, minimum=1)
@@ -579,7 +592,11 @@ def _parse_training_field(key: str, value: Any, path: str) -> Any:
   if key == 'seed':
     return _number(value, path, int, minimum=0)
   if key in ('trunk_optimizer', 'loss_weights_optimizer'):
-    return _parse_optimizer(value, path, getattr(TrainingConfig(), key))
+    spec = _parse_optimizer(value, path, getattr(TrainingConfig(), key))
+    if key == 'loss_weights_optimizer' and spec.weight_decay:
+      raise ConfigError(f'{path}.weight_decay: the loss weights (log-variances) are not '
+                        'decayed; weight decay applies to the trunk and the task heads')
+    return spec
   if key == 'loss_weighting':
     return _choice(value, path, LOSS_WEIGHTINGS)
   if key == 'min_log_variance':

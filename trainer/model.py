@@ -32,6 +32,8 @@ class MultiTaskModel(tf.keras.Model):
     self.group_optimizers = optimizers.build_optimizers(config)
     self._group_layers = dict(network.groups)
     self._group_layers[optimizers.LOSS_WEIGHTS_GROUP] = [self.loss_weighting]
+    for group, layers in network.groups.items():
+      optimizers.exclude_biases_from_decay(self.group_optimizers[group], layers)
     self._trackers = {name: tf.keras.metrics.Mean(name=name) for name in
                       ['loss'] + [f'{t.name}_loss' for t in self.tasks]}
     # What train_step/test_step return is already the same on every replica (tracker results

@@ -30,7 +30,18 @@ def learning_rate(spec: OptimizerConfig, total_steps: int):
 def make_optimizer(spec: OptimizerConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
   classes = {'adam': tf.keras.optimizers.Adam, 'adagrad': tf.keras.optimizers.Adagrad,
              'sgd': tf.keras.optimizers.SGD}
-  return classes[spec.type](learning_rate=learning_rate(spec, total_steps))
+  # weight_decay is Keras' decoupled decay (AdamW's for adam): before each update every
+  # variable not excluded shrinks by learning_rate * weight_decay.
+  return classes[spec.type](learning_rate=learning_rate(spec, total_steps),
+                            weight_decay=spec.weight_decay or None)
+
+
+def exclude_biases_from_decay(optimizer: tf.keras.optimizers.Optimizer,
+                              layers: Sequence[tf.Module]) -> None:
+  """Weight decay applies to kernels and embedding tables, not to biases (the layers' `bias`
+  attribute, by construction); must run before the optimizer's first step."""
+  optimizer.exclude_from_weight_decay(var_list=[
+      layer.bias for layer in layers if isinstance(getattr(layer, 'bias', None), tf.Variable)])
 
 
 def build_optimizers(config: PipelineConfig) -> Dict[str, tf.keras.optimizers.Optimizer]:

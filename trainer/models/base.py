@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from pipeline.config import PipelineConfig, TaskConfig, order_tasks
+from pipeline.config import AUTO, FeatureConfig, PipelineConfig, TaskConfig, order_tasks
 from trainer.preprocessing import bucket_name
 
 TRUNK_GROUP = 'trunk'
@@ -42,30 +42,43 @@ def feature_inputs(config: PipelineConfig) -> Dict[str, tf.keras.Input]:
   return inputs
 
 
+def embedding_width(feature: FeatureConfig, rows: int) -> int:
+  """The configured width, or for `auto` min(64, round(1.6 * rows ** 0.56)) (fast.ai's rule
+  of thumb for tabular embeddings, capped): 3 rows give 3, 16 give 8, 1,000 give 77 -> 64."""
+  if feature.embedding_dim == AUTO:
+    return max(1, min(64, round(1.6 * rows ** 0.56)))
+  return int(feature.embedding_dim)
+
+
 def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
                  cardinalities: Mapping[str, int]
                  ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
   """Concatenates one embedding per categorical feature and the numeric features (each
-  scaled value, and the embedding of its quantile bucket when it has `buckets`).
+  scaled value, and the embedding of its quantile bucket when it has `buckets`), with
+  `model.embedding_dropout` on each embedding's output.
 
   Returns the concatenated tensor and the embedding layers (they belong to the trunk group).
   """
   parts, layers = [], []
+  dropout = (tf.keras.layers.Dropout(config.model.embedding_dropout, name='embedding_dropout')
+             if config.model.embedding_dropout else None)
+
+  def embed(feature: FeatureConfig, name: str) -> tf.Tensor:
+    embedding = tf.keras.layers.Embedding(cardinalities[name],
+                                          embedding_width(feature, cardinalities[name]),
+                                          name=f'{name}_embedding')
+    layers.append(embedding)
+    vectors = embedding(inputs[name])
+    return dropout(vectors) if dropout else vectors
+
   for feature in config.features:
     if feature.type == 'categorical':
-      embedding = tf.keras.layers.Embedding(cardinalities[feature.name], feature.embedding_dim,
-                                            name=f'{feature.name}_embedding')
-      layers.append(embedding)
-      parts.append(embedding(inputs[feature.name]))
+      parts.append(embed(feature, feature.name))
     else:
       parts.append(tf.keras.layers.Reshape((1,), name=f'{feature.name}_column')(
           inputs[feature.name]))
       if feature.buckets:
-        name = bucket_name(feature.name)
-        embedding = tf.keras.layers.Embedding(cardinalities[name], feature.embedding_dim,
-                                              name=f'{name}_embedding')
-        layers.append(embedding)
-        parts.append(embedding(inputs[name]))
+        parts.append(embed(feature, bucket_name(feature.name)))
   return tf.keras.layers.Concatenate(name='features')(parts), layers
 
 
@@ -82,9 +95,10 @@ class StopGradient(tf.keras.layers.Layer):
 
 
 def task_head(task: TaskConfig, x: tf.Tensor, label_mean: Optional[float] = None,
-              extra_inputs: Sequence[tf.Tensor] = ()
+              extra_inputs: Sequence[tf.Tensor] = (), dropout: float = 0.0
               ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
-  """A task's tower: dense layers, then one unit (sigmoid for binary, linear for regression).
+  """A task's tower: dense layers (each followed by `dropout` when set), then one unit
+  (sigmoid for binary, linear for regression).
 
   `extra_inputs` (other tasks' estimates, already stop-gradient) join the tower's input. A
   regression output starts at the label's mean so the first steps are not spent learning the
@@ -97,6 +111,8 @@ def task_head(task: TaskConfig, x: tf.Tensor, label_mean: Optional[float] = None
     dense = tf.keras.layers.Dense(units, activation='relu', name=f'{task.name}_head_dense_{i}')
     layers.append(dense)
     x = dense(x)
+    if dropout:
+      x = tf.keras.layers.Dropout(dropout, name=f'{task.name}_head_dropout_{i}')(x)
   bias = tf.keras.initializers.Constant(label_mean) if (
       task.type == 'regression' and label_mean is not None) else 'zeros'
   output = tf.keras.layers.Dense(1, activation='sigmoid' if task.type == 'binary' else None,
@@ -122,5 +138,6 @@ def build_task_heads(config: PipelineConfig, head_inputs: Mapping[str, tf.Tensor
     extra = [StopGradient(name=f'{task.name}_from_{producer}')(outputs[producer])
              for producer in task.inputs_from]
     outputs[task.name], groups[task.name] = task_head(
-        task, head_inputs[task.name], label_means.get(task.name), extra)
+        task, head_inputs[task.name], label_means.get(task.name), extra,
+        config.model.head_dropout)
   return outputs, groups

@@ -40,10 +40,10 @@ def build_esmm(config: PipelineConfig, cardinalities: Mapping[str, int],
   x, embeddings = embed_inputs(config, inputs, cardinalities)
   x, trunk_layers = shared_trunk(config, x)
 
-  ctr, click_layers = task_head(click, x)
+  ctr, click_layers = task_head(click, x, dropout=config.model.head_dropout)
   # The CVR tower: the conversion task's head settings, a sigmoid output of its own name.
   cvr_task = dataclasses.replace(conversion, name=f'{conversion.name}_cvr')
-  cvr, cvr_layers = task_head(cvr_task, x)
+  cvr, cvr_layers = task_head(cvr_task, x, dropout=config.model.head_dropout)
   ctcvr = tf.keras.layers.Multiply(name=conversion.name)([ctr, cvr])
 
   outputs = {click.name: ctr, conversion.name: ctcvr}
