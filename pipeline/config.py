@@ -25,7 +25,8 @@ MODEL_TYPES = ('shared_bottom', 'mmoe', 'esmm', 'ple')
 BEAM_RUNNERS = ('direct', 'dataflow', 'flink', 'spark')
 DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
 ENVIRONMENT_TYPES = ('DOCKER', 'EXTERNAL', 'PROCESS', 'LOOPBACK')
-LOSS_WEIGHTINGS = ('uncertainty', 'fixed', 'equal')
+LOSS_WEIGHTINGS = ('uncertainty', 'fixed', 'equal', 'dwa', 'gradnorm')
+GRADIENT_SURGERIES = ('none', 'pcgrad')
 AUTO = 'auto'  # features[].embedding_dim: a width from the embedding's row count
 OPTIMIZERS = ('adam', 'sgd', 'adagrad')
 LR_SCHEDULES = ('constant', 'cosine', 'exponential')
@@ -177,6 +178,10 @@ class TrainingConfig:
   # uncertainty: a floor on each s = log sigma^2, keeping the loss bounded below (a task whose
   # loss goes to 0 would otherwise drive s, and the total loss, to minus infinity).
   min_log_variance: Optional[float] = None
+  # On the shared trunk's per-task gradients, with any loss_weighting: none | pcgrad.
+  gradient_surgery: str = 'none'
+  dwa_temperature: float = 2.0  # dwa: T in K softmax(L(t-1) / L(t-2) / T)
+  gradnorm_alpha: float = 1.5   # gradnorm: the asymmetry alpha
   seed: int = 42
   # Distributed training (MultiWorkerMirroredStrategy when more than 1): locally the Trainer
   # starts this many worker processes on 127.0.0.1; with kubeflow.trainer trainjob or tfjob,
@@ -601,6 +606,12 @@ def _parse_training_field(key: str, value: Any, path: str) -> Any:
     return _choice(value, path, LOSS_WEIGHTINGS)
   if key == 'min_log_variance':
     return None if value is None else _number(value, path)
+  if key == 'gradient_surgery':
+    return _choice(value, path, GRADIENT_SURGERIES)
+  if key == 'dwa_temperature':
+    return _number(value, path, minimum=0.0, exclusive_min=True)
+  if key == 'gradnorm_alpha':
+    return _number(value, path, minimum=0.0)
   if key == 'workers':
     return _number(value, path, int, minimum=1)
   if key == 'worker_restarts':

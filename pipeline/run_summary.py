@@ -253,6 +253,7 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
   exported = training.get('exported', {})
   summary['training'] = {'train_steps': config.training.train_steps,
                          'loss_weighting': config.training.loss_weighting,
+                         'gradient_surgery': config.training.gradient_surgery,
                          'model_type': config.model.type,
                          # which epoch's weights were exported, and why (early stopping)
                          'exported_epoch': exported.get('exported_epoch'),

@@ -1,6 +1,7 @@
 """MMoE, ESMM and PLE through the whole local pipeline, in a copy of the shared run's directory:
 both reuse its cached ingestion and Transform from ML Metadata (the model and the tasks'
-thresholds and inputs are not part of what ingestion and Transform receive)."""
+thresholds and inputs are not part of what ingestion and Transform receive). MMoE trains with
+DWA and PCGrad, ESMM with GradNorm: the Trainer's path for each balancing method."""
 
 import dataclasses
 import gzip
@@ -14,6 +15,10 @@ from components.records import record_to_example
 from conftest import copy_e2e_run
 from pipeline.config import Threshold
 
+BALANCING = {
+    'mmoe': {'loss_weighting': 'dwa', 'gradient_surgery': 'pcgrad'},
+    'esmm': {'loss_weighting': 'gradnorm'},
+}
 MODELS = {
     'mmoe': {'type': 'mmoe', 'num_experts': 3, 'expert_units': [32]},
     'esmm': {'type': 'esmm', 'esmm_click_task': 'click', 'esmm_conversion_task': 'conversion'},
@@ -28,7 +33,7 @@ def runs(e2e_run, tmp_path_factory):
   root = copy_e2e_run(e2e_run, tmp_path_factory.mktemp('architectures') / 'copy')
   results = {}
   for name, model in MODELS.items():
-    training = {'train_steps': 100, 'eval_steps': 20}
+    training = {'train_steps': 100, 'eval_steps': 20, **BALANCING.get(name, {})}
     if name == 'ple':  # and early stopping, exporting the best epoch
       training['early_stopping'] = {'monitor': 'loss', 'patience': 2}
     config = e2e_run['config'].with_overrides(
@@ -62,6 +67,25 @@ def test_architecture_is_blessed_and_pushed(runs, name):
     if task.type == 'binary':
       assert task_summary['metrics']['auc'] > 0.55, (name, task.name, task_summary['metrics'])
     assert task_summary['sigma'] > 0
+
+
+def test_balancing_methods_run_in_the_trainer(runs):
+  dwa = runs[0]['mmoe'][1]
+  assert (dwa['training']['loss_weighting'], dwa['training']['gradient_surgery']) == (
+      'dwa', 'pcgrad')
+  names = list(dwa['tasks'])
+  losses = np.array([dwa['tasks'][n]['train_loss_by_epoch'] for n in names])
+  weights = np.array([dwa['tasks'][n]['loss_weight_by_epoch'] for n in names])
+  assert losses.shape == weights.shape == (3, 10)
+  np.testing.assert_array_equal(weights[:, :2], 1.0)
+  ratios = losses[:, 8] / losses[:, 7]  # the last epoch's weights: DWA of the two before
+  np.testing.assert_allclose(weights[:, 9], 3 * np.exp(ratios / 2) / np.exp(ratios / 2).sum(),
+                             rtol=1e-4)
+  gradnorm = runs[0]['esmm'][1]
+  assert gradnorm['training']['loss_weighting'] == 'gradnorm'
+  final = [gradnorm['tasks'][n]['loss_weight'] for n in gradnorm['tasks']]
+  assert sum(final) == pytest.approx(3.0, rel=1e-5) and min(final) > 0
+  assert not np.allclose(final, 1.0)
 
 
 def test_the_summary_says_which_epoch_was_exported_and_why(runs):

@@ -128,7 +128,7 @@ config = parse_config({{
               {{'name': 'dwell', 'label': 'dwell', 'type': 'regression', 'head_units': [8],
                'optimizer': sgd}}],
     'model': {{'trunk_units': [16]}},
-    'training': {{'trunk_optimizer': sgd, 'loss_weights_optimizer': sgd}}}})
+    'training': dict({{'trunk_optimizer': sgd, 'loss_weights_optimizer': sgd}}, **{training})}})
 rng = np.random.default_rng(0)
 n = 64 * 3
 data = ({{'user': rng.integers(0, 10, n), 'position': rng.normal(size=n).astype(np.float32)}},
@@ -156,13 +156,19 @@ print(json.dumps({{
 '''
 
 
-def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(tmp_path):
+@pytest.mark.parametrize('training', [
+    {},
+    # Per-task trunk gradients, all-reduced before GradNorm's norms and PCGrad's projections.
+    {'loss_weighting': 'gradnorm', 'gradient_surgery': 'pcgrad'},
+    {'loss_weighting': 'uncertainty', 'gradient_surgery': 'pcgrad'},
+], ids=['uncertainty', 'gradnorm-pcgrad', 'uncertainty-pcgrad'])
+def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(training):
   """SGD (unlike Adam, sensitive to the gradient's scale) on 2 replicas, each with half of
   every global batch, ends at the same weights as 1 replica: the loss is scaled by 1/replicas
   and the gradients are summed exactly once per step. The logged losses and sigmas are the
   global values, not their sum over the replicas."""
   completed = subprocess.run(
-      [sys.executable, '-c', _AGGREGATION_SCRIPT.format(repo=REPO)],
+      [sys.executable, '-c', _AGGREGATION_SCRIPT.format(repo=REPO, training=repr(training))],
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True, text=True,
       timeout=300)
   assert completed.returncode == 0, completed.stderr[-3000:]
@@ -170,6 +176,8 @@ def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(tmp_path):
   assert result['same_start'] == 0.0
   assert result['moved'] > 1e-2  # the steps did something
   assert result['difference'] < 1e-5, result  # 2x (loss not scaled) would be ~moved
+  if training.get('loss_weighting') == 'gradnorm':
+    assert result['history_one']['click_weight'] != [1.0]  # the weights did move
   for key in ('loss', 'click_loss', 'dwell_loss', 'click_sigma', 'dwell_weight'):
     assert result['history_two'][key] == pytest.approx(result['history_one'][key], rel=1e-5)
 

@@ -8,6 +8,9 @@ Uncertainty weighting follows Kendall, Gal & Cipolla (CVPR 2018), with one learn
 
 At the optimum of s the gradient vanishes: exp(-s) * L = 1 for regression and 0.5 for
 classification, so a task whose loss is on a larger scale gets a proportionally smaller weight.
+
+DWA and GradNorm (trainer/balancing.py) keep their state here too, so it is checkpointed with
+the model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from pipeline.config import PipelineConfig
+from trainer import balancing
 
 
 def task_loss(task_type: str, labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
@@ -49,13 +53,20 @@ class LossWeighting(tf.keras.layers.Layer):
   - `uncertainty`: one learned `log_variance` s per task (initialised at 0, sigma = 1); with
     `min_log_variance`, the loss uses max(s, min_log_variance), so it stays bounded below;
   - `fixed`: sum of `fixed_weights[task] * loss`;
-  - `equal`: plain sum of the task losses.
+  - `equal`: plain sum of the task losses;
+  - `dwa`: sum of DWA's weights times the losses; the weights change at epoch ends
+    (`record_epoch_losses`, called by balancing.DynamicWeightAverage);
+  - `gradnorm`: sum of GradNorm's learned weights times the losses; the weights are trained by
+    `MultiTaskModel.train_step` with GradNorm's own gradient, never with the total loss's.
   """
 
   def __init__(self, task_names: Sequence[str], task_types: Sequence[str],
                weighting: str = 'uncertainty', fixed_weights: Optional[Sequence[float]] = None,
-               min_log_variance: Optional[float] = None, **kwargs):
+               min_log_variance: Optional[float] = None, dwa_temperature: float = 2.0,
+               gradnorm_alpha: float = 1.5, **kwargs):
     super().__init__(**kwargs)
+    self.dwa_temperature = dwa_temperature
+    self.gradnorm_alpha = gradnorm_alpha
     self.task_names = list(task_names)
     self.task_types = list(task_types)
     self.weighting = weighting
@@ -69,24 +80,62 @@ class LossWeighting(tf.keras.layers.Layer):
       for name in self.task_names:
         self.log_variances[name] = self.add_weight(
             name=f'{name}_log_variance', shape=(), initializer='zeros', trainable=True)
+    num_tasks = len(self.task_names)
+    # Written the same way on every replica; ONLY_FIRST_REPLICA lets train_step assign them.
+    first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    if weighting == 'dwa':
+      self.dwa_weights = self.add_weight(name='dwa_weights', shape=(num_tasks,),
+                                         initializer='ones', trainable=False, aggregation=first)
+      # Rows: the mean training loss of the last epoch and of the one before.
+      self.dwa_history = self.add_weight(name='dwa_loss_history', shape=(2, num_tasks),
+                                         initializer='zeros', trainable=False,
+                                         aggregation=first)
+      self.dwa_epochs = self.add_weight(name='dwa_epochs', shape=(), dtype=tf.int64,
+                                        initializer='zeros', trainable=False,
+                                        aggregation=first)
+    if weighting == 'gradnorm':
+      self.gradnorm_weights = self.add_weight(name='gradnorm_weights', shape=(num_tasks,),
+                                              initializer='ones', trainable=True,
+                                              aggregation=first)
+      self.initial_losses = self.add_weight(name='gradnorm_initial_losses', shape=(num_tasks,),
+                                            initializer='zeros', trainable=False,
+                                            aggregation=first)
+      self.initial_losses_set = self.add_weight(name='gradnorm_initial_losses_set', shape=(),
+                                                dtype=tf.bool, initializer='zeros',
+                                                trainable=False, aggregation=first)
 
   def call(self, task_losses: Mapping[str, tf.Tensor]
            ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     """Returns (total loss, {task: effective weight})."""
-    total = tf.constant(0.0)
-    for name, task_type in zip(self.task_names, self.task_types):
-      if self.weighting == 'uncertainty':
-        total += uncertainty_loss(task_type, task_losses[name], self._effective(name))
-      else:
-        total += self._constant_weights[name] * task_losses[name]
-    return total, self.task_weights()
+    return tf.add_n(list(self.terms(task_losses).values())), self.task_weights()
+
+  def terms(self, task_losses: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """{task: its term of the total loss}; the terms sum to the total."""
+    if self.weighting == 'uncertainty':
+      return {name: uncertainty_loss(task_type, task_losses[name], self._effective(name))
+              for name, task_type in zip(self.task_names, self.task_types)}
+    weights = self.task_weights()
+    return {name: weights[name] * task_losses[name] for name in self.task_names}
 
   def task_weights(self) -> Dict[str, tf.Tensor]:
     """The effective weight multiplying each task's loss, now."""
-    if self.weighting != 'uncertainty':
-      return {name: tf.constant(w) for name, w in self._constant_weights.items()}
-    return {name: uncertainty_weight(task_type, self._effective(name))
-            for name, task_type in zip(self.task_names, self.task_types)}
+    if self.weighting == 'uncertainty':
+      return {name: uncertainty_weight(task_type, self._effective(name))
+              for name, task_type in zip(self.task_names, self.task_types)}
+    if self.weighting in ('dwa', 'gradnorm'):
+      vector = self.dwa_weights if self.weighting == 'dwa' else self.gradnorm_weights
+      return {name: tf.convert_to_tensor(vector)[i] for i, name in enumerate(self.task_names)}
+    return {name: tf.constant(w) for name, w in self._constant_weights.items()}
+
+  def record_epoch_losses(self, losses: Sequence[float]) -> None:
+    """DWA: an epoch's mean training loss per task; from the third epoch on, the weights are
+    DWA's of the last two epochs (before that they stay 1)."""
+    last = self.dwa_history[0]
+    self.dwa_history.assign(tf.stack([tf.constant(losses, tf.float32), last]))
+    self.dwa_epochs.assign_add(1)
+    if int(self.dwa_epochs.numpy()) >= 2:
+      self.dwa_weights.assign(balancing.dwa_weights(self.dwa_history[0], self.dwa_history[1],
+                                                    self.dwa_temperature))
 
   def _effective(self, name: str) -> tf.Tensor:
     s = self.log_variances[name]
@@ -102,10 +151,12 @@ class LossWeighting(tf.keras.layers.Layer):
   def get_config(self):
     return dict(super().get_config(), task_names=self.task_names,
                 task_types=self.task_types, weighting=self.weighting,
-                fixed_weights=self.fixed_weights, min_log_variance=self.min_log_variance)
+                fixed_weights=self.fixed_weights, min_log_variance=self.min_log_variance,
+                dwa_temperature=self.dwa_temperature, gradnorm_alpha=self.gradnorm_alpha)
 
   @classmethod
   def for_config(cls, config: PipelineConfig) -> 'LossWeighting':
     return cls([t.name for t in config.tasks], [t.type for t in config.tasks],
                config.training.loss_weighting, [t.loss_weight for t in config.tasks],
-               config.training.min_log_variance, name='loss_weighting')
+               config.training.min_log_variance, config.training.dwa_temperature,
+               config.training.gradnorm_alpha, name='loss_weighting')

@@ -5,6 +5,10 @@ default), takes one gradient of the total, and lets each group's optimizer apply
 the trunk's optimizer the embeddings and shared layers, each head's optimizer that head, and the
 loss-weights optimizer the log-variances. Only `network` is exported for serving.
 
+With GradNorm or PCGrad (trainer/balancing.py) the step needs each task's own gradient on the
+trunk: it takes one gradient per task for the trunk and one of the total for the other groups,
+all-reduces them once, and combines them identically on every replica.
+
 Under a distribution strategy (MultiWorkerMirroredStrategy), the model, the loss weighting's
 log-variances and every group's optimizer must be created inside `strategy.scope()` (they are
 created in `__init__`); each step's gradients are all-reduced once, for all groups together.
@@ -17,8 +21,8 @@ from typing import Dict, List
 import tensorflow as tf
 
 from pipeline.config import PipelineConfig
-from trainer import losses, optimizers
-from trainer.models.base import MultiTaskNetwork
+from trainer import balancing, losses, optimizers
+from trainer.models.base import TRUNK_GROUP, MultiTaskNetwork
 
 
 class MultiTaskModel(tf.keras.Model):
@@ -28,6 +32,8 @@ class MultiTaskModel(tf.keras.Model):
     super().__init__(**kwargs)
     self.network = network.model
     self.tasks = list(config.tasks)
+    self.gradient_surgery = config.training.gradient_surgery
+    self._seed = config.training.seed
     self.loss_weighting = losses.LossWeighting.for_config(config)
     self.group_optimizers = optimizers.build_optimizers(config)
     self._group_layers = dict(network.groups)
@@ -74,6 +80,8 @@ class MultiTaskModel(tf.keras.Model):
     return logs
 
   def train_step(self, data):
+    if self.gradient_surgery != 'none' or self.loss_weighting.weighting == 'gradnorm':
+      return self._per_task_train_step(data)
     features, labels = data
     grouped = self.grouped_variables()
     replica = tf.distribute.get_replica_context()
@@ -95,6 +103,69 @@ class MultiTaskModel(tf.keras.Model):
         self.group_optimizers[group].apply_gradients(
             [(next(reduced), v) for _, v in group_pairs], skip_gradients_aggregation=True)
     return self._logs(total, task_losses, weights)
+
+  def _per_task_train_step(self, data):
+    """The step with each task's own trunk gradient (GradNorm, PCGrad); see the module
+    docstring."""
+    features, labels = data
+    grouped = self.grouped_variables()
+    trunk = grouped[TRUNK_GROUP]
+    gradnorm = self.loss_weighting.weighting == 'gradnorm'
+    # GradNorm's weights never take the total loss's gradient.
+    others = {group: group_vars for group, group_vars in grouped.items()
+              if group != TRUNK_GROUP and not (gradnorm and group == optimizers.LOSS_WEIGHTS_GROUP)}
+    replica = tf.distribute.get_replica_context()
+    replicas = replica.num_replicas_in_sync
+    with tf.GradientTape(persistent=True) as tape:
+      total, task_losses, weights = self._task_losses(features, labels, training=True)
+      terms = self.loss_weighting.terms(task_losses)
+      scaled_total = total / replicas  # as in train_step: the all-reduce sums the replicas
+      scaled_terms = [terms[t.name] / replicas for t in self.tasks]
+    other_gradients = tape.gradient(scaled_total, others)
+    # Embedding gradients come as IndexedSlices: dense here, to be compared and projected.
+    task_trunk = [[tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                   for g, v in zip(tape.gradient(term, trunk), trunk)] for term in scaled_terms]
+    del tape
+    pairs = {group: [(g, v) for g, v in zip(other_gradients[group], group_vars) if g is not None]
+             for group, group_vars in others.items()}
+    flat = [g for group_pairs in pairs.values() for g, _ in group_pairs]
+    flat.append(balancing.flatten([balancing.flatten(grads) for grads in task_trunk]))
+    flat.append(tf.stack([task_losses[t.name] for t in self.tasks]) / replicas)
+    # One all-reduce per step, as in train_step.
+    reduced = replica.all_reduce(tf.distribute.ReduceOp.SUM, flat)
+    global_losses = reduced.pop()
+    per_task = tf.reshape(reduced.pop(), [len(self.tasks), -1])
+    reduced = iter(reduced)
+    for group, group_pairs in pairs.items():
+      if group_pairs:
+        self.group_optimizers[group].apply_gradients(
+            [(next(reduced), v) for _, v in group_pairs], skip_gradients_aggregation=True)
+    step = self.group_optimizers[TRUNK_GROUP].iterations
+    if self.gradient_surgery == 'pcgrad':
+      combined = balancing.pcgrad(per_task, tf.stack([step, tf.constant(self._seed, tf.int64)]))
+    else:
+      combined = tf.reduce_sum(per_task, axis=0)
+    self.group_optimizers[TRUNK_GROUP].apply_gradients(
+        zip(balancing.unflatten(combined, trunk), trunk), skip_gradients_aggregation=True)
+    if gradnorm:
+      self._gradnorm_update(per_task, global_losses)
+    return self._logs(total, task_losses, weights)
+
+  def _gradnorm_update(self, per_task: tf.Tensor, global_losses: tf.Tensor) -> None:
+    """GradNorm's step on its weights from the all-reduced per-task trunk gradients (G_i are
+    their norms) and task losses; L_i(0) is recorded at the first step."""
+    weighting = self.loss_weighting
+    initial = tf.where(weighting.initial_losses_set, tf.convert_to_tensor(
+        weighting.initial_losses), global_losses)
+    weighting.initial_losses.assign(initial)
+    weighting.initial_losses_set.assign(True)
+    weights = weighting.gradnorm_weights
+    gradient = balancing.gradnorm_weight_gradients(
+        tf.convert_to_tensor(weights), tf.norm(per_task, axis=1), global_losses, initial,
+        weighting.gradnorm_alpha)
+    self.group_optimizers[optimizers.LOSS_WEIGHTS_GROUP].apply_gradients(
+        [(gradient, weights)], skip_gradients_aggregation=True)
+    weights.assign(balancing.renormalise(tf.convert_to_tensor(weights)))
 
   def test_step(self, data):
     features, labels = data

@@ -45,7 +45,7 @@ from absl import logging
 from tfx import v1 as tfx
 
 from pipeline.config import PipelineConfig
-from trainer import early_stopping, export
+from trainer import balancing, early_stopping, export
 from trainer.cluster import make_strategy, parse_tf_config
 from trainer.input import cardinalities, estimate_label_means, make_dataset
 from trainer.model import MultiTaskModel
@@ -161,7 +161,8 @@ def _summarise(history: Mapping[str, List[float]], config: PipelineConfig,
         'train_loss_by_epoch': [float(v) for v in history.get(f'{t.name}_loss', [])],
         'eval_loss_by_epoch': [float(v) for v in history.get(f'val_{t.name}_loss', [])],
     }
-  return {'loss_weighting': config.training.loss_weighting, 'tasks': tasks,
+  return {'loss_weighting': config.training.loss_weighting,
+          'gradient_surgery': config.training.gradient_surgery, 'tasks': tasks,
           'train_loss_by_epoch': [float(v) for v in history.get('loss', [])],
           'eval_loss_by_epoch': [float(v) for v in history.get('val_loss', [])],
           'exported': exported}
@@ -279,6 +280,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     callbacks = [
         # Before the backup, so an epoch's backup holds the early-stopping state after it.
         *([best_epoch] if best_epoch is not None else []),
+        # Likewise DWA's loss history and next weights.
+        *([balancing.DynamicWeightAverage(model.loss_weighting, [t.name for t in config.tasks])]
+          if config.training.loss_weighting == 'dwa' else []),
         # Every worker restores; the chief writes the backup (the others a temporary copy).
         tf.keras.callbacks.BackupAndRestore(backup_dir, save_freq='epoch',
                                             delete_checkpoint=True),
