@@ -8,9 +8,11 @@ directly (1, 4) or through the whole local pipeline (2, 3):
 2. Oracle gap: per task on the sample logs' eval split, the model's AUC (or RMSE) next to the
    oracle's, computed from the generator's ground truth for the same rows.
 3. Weighting strategies: uncertainty vs equal vs fixed, dwell in raw seconds.
-4. MMoE vs shared-bottom on the MMoE paper's synthetic tasks at correlations 1.0, 0.9, 0.5.
+4. MMoE vs shared-bottom on the MMoE paper's synthetic tasks at correlations 1.0, 0.9, 0.5,
+   at equal parameter counts (the shared-bottom trunk is sized to MMoE's count), 5 seeds.
 
-    .venv/bin/python benchmarks/quality.py [--quick] [--out benchmarks/results/quality.json]
+    .venv/bin/python benchmarks/quality.py [--quick] [--only kendall,mmoe,pipeline]
+        [--out benchmarks/results/quality.json]
 
 Prints markdown tables and writes the numbers as JSON.
 """
@@ -102,14 +104,30 @@ def _mmoe_data(correlation: float, samples: int, seed: int, dim: int = 100, m: i
   return x, label(w1), label(w2)
 
 
+def _parameters(config) -> int:
+  return int(sum(np.prod(v.shape) for v in build_network(config, {}).model.trainable_variables))
+
+
 def mmoe_vs_shared_bottom(seeds: int, steps: int, samples: int = 12000) -> Dict[str, Any]:
   names = [f'x{i}' for i in range(100)]
   tasks = [{'name': f't{i}', 'label': f't{i}', 'type': 'regression', 'head_units': [16],
             'optimizer': {'learning_rate': 0.001}} for i in (1, 2)]
   training = {'loss_weighting': 'equal', 'trunk_optimizer': {'learning_rate': 0.001},
               'train_steps': steps}
-  models = {'shared_bottom': {'type': 'shared_bottom', 'trunk_units': [64]},
-            'mmoe': {'type': 'mmoe', 'num_experts': 4, 'expert_units': [32]}}
+  mmoe = {'type': 'mmoe', 'num_experts': 4, 'expert_units': [32]}
+  # The paper compares at equal parameter counts: the shared-bottom trunk width whose count is
+  # closest to MMoE's.
+  target = _parameters(_numeric_config(names, tasks, mmoe, training))
+  def shared_bottom(h):
+    return _parameters(_numeric_config(names, tasks, {'type': 'shared_bottom',
+                                                      'trunk_units': [h]}, training))
+
+  low, high = 1, 1024  # the count grows with the width: bisect, then take the closer end
+  while high - low > 1:
+    middle = (low + high) // 2
+    low, high = (middle, high) if shared_bottom(middle) < target else (low, middle)
+  width = min((low, high), key=lambda h: abs(shared_bottom(h) - target))
+  models = {'shared_bottom': {'type': 'shared_bottom', 'trunk_units': [width]}, 'mmoe': mmoe}
   results = {}
   for correlation in (1.0, 0.9, 0.5):
     for arch, model_cfg in models.items():
@@ -123,10 +141,13 @@ def mmoe_vs_shared_bottom(seeds: int, steps: int, samples: int = 12000) -> Dict[
         out = model.network({n: x[split:, i] for i, n in enumerate(names)})
         losses.append([float(np.mean((out[t].numpy()[:, 0] - y[split:]) ** 2))
                        for t, y in (('t1', y1), ('t2', y2))])
-      mean = np.mean(losses, axis=0)
-      results[f'{correlation}/{arch}'] = {'correlation': correlation, 'model': arch,
-                                          'test_mse_t1': float(mean[0]),
-                                          'test_mse_t2': float(mean[1]), 'seeds': seeds}
+      mean, spread = np.mean(losses, axis=0), np.std(losses, axis=0)
+      results[f'{correlation}/{arch}'] = {
+          'correlation': correlation, 'model': arch, 'model_config': model_cfg,
+          'parameters': _parameters(config), 'test_mse_t1': float(mean[0]),
+          'test_mse_t2': float(mean[1]), 'test_mse_t1_std': float(spread[0]),
+          'test_mse_t2_std': float(spread[1]), 'seeds': seeds, 'steps': steps,
+          'per_seed': losses}
   return results
 
 
@@ -227,13 +248,14 @@ def _fmt(value, digits=4):
 
 def report(results: Dict[str, Any]) -> str:
   out = []
-  k = results['kendall']
-  out += ['### 1. Kendall et al. reproduction', '',
-          f'{k["samples"]} samples, {k["steps"]} steps, 1024-unit trunk.', '',
-          '| task | true sigma | learned sigma | relative error |', '| --- | --- | --- | --- |']
-  for t in ('y1', 'y2'):
-    out.append(f'| {t} | {k["true_sigma"][t]:g} | {k["learned_sigma"][t]:.3f} | '
-               f'{k["relative_error"][t]:.1%} |')
+  k = results.get('kendall')
+  if k:
+    out += ['### 1. Kendall et al. reproduction', '',
+            f'{k["samples"]} samples, {k["steps"]} steps, 1024-unit trunk.', '',
+            '| task | true sigma | learned sigma | relative error |', '| --- | --- | --- | --- |']
+    for t in ('y1', 'y2'):
+      out.append(f'| {t} | {k["true_sigma"][t]:g} | {k["learned_sigma"][t]:.3f} | '
+                 f'{k["relative_error"][t]:.1%} |')
   if 'pipeline' in results:
     p = results['pipeline']
     g = p['oracle_gap']
@@ -253,13 +275,17 @@ def report(results: Dict[str, Any]) -> str:
     for name, w in p['weighting'].items():
       out.append(f'| {name} | {_fmt(w["click"]["auc"])} | {_fmt(w["conversion"]["auc"])} | '
                  f'{_fmt(w["dwell"]["rmse"], 2)} | {_fmt(w["dwell"]["loss_weight"])} |')
-  m = results['mmoe']
-  out += ['', '### 4. MMoE vs shared-bottom (MMoE paper synthetic data, test MSE, mean over '
-          f'{next(iter(m.values()))["seeds"]} seeds)', '',
-          '| correlation | model | task 1 MSE | task 2 MSE |', '| --- | --- | --- | --- |']
+  m = results.get('mmoe')
+  if not m:
+    return '\n'.join(out)
+  out += ['', '### 4. MMoE vs shared-bottom (MMoE paper synthetic data, test MSE, mean ± std '
+          f'over {next(iter(m.values()))["seeds"]} seeds)', '',
+          '| correlation | model | parameters | task 1 MSE | task 2 MSE |',
+          '| --- | --- | --- | --- | --- |']
   for r in m.values():
-    out.append(f'| {r["correlation"]} | {r["model"]} | {r["test_mse_t1"]:.4f} | '
-               f'{r["test_mse_t2"]:.4f} |')
+    out.append(f'| {r["correlation"]} | {r["model"]} | {r.get("parameters", "n/a")} | '
+               f'{r["test_mse_t1"]:.4f} ± {r.get("test_mse_t1_std", float("nan")):.4f} | '
+               f'{r["test_mse_t2"]:.4f} ± {r.get("test_mse_t2_std", float("nan")):.4f} |')
   return '\n'.join(out)
 
 
@@ -268,10 +294,17 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='smaller sizes, for a smoke run')
   parser.add_argument('--skip-pipeline', action='store_true', help='only experiments 1 and 4')
+  parser.add_argument('--only', default='kendall,mmoe,pipeline',
+                      help='comma-separated experiments to run (kendall, mmoe, pipeline); the '
+                      'others keep their numbers from --out if it exists')
   parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results',
                                                     'quality.json'))
   args = parser.parse_args()
+  only = set(args.only.split(','))
   results: Dict[str, Any] = {}
+  if only != {'kendall', 'mmoe', 'pipeline'} and os.path.exists(args.out):
+    with open(args.out) as f:
+      results = json.load(f)
   started = time.time()
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
 
@@ -280,13 +313,15 @@ def main() -> None:
     with open(args.out, 'w') as f:
       json.dump(results, f, indent=2, sort_keys=True)
 
-  results['kendall'] = kendall(samples=2000 if args.quick else 20000,
-                               steps=500 if args.quick else 4000)
-  save()
-  results['mmoe'] = mmoe_vs_shared_bottom(seeds=1 if args.quick else 3,
-                                          steps=300 if args.quick else 2000)
-  save()
-  if not args.skip_pipeline:
+  if 'kendall' in only:
+    results['kendall'] = kendall(samples=2000 if args.quick else 20000,
+                                 steps=500 if args.quick else 4000)
+    save()
+  if 'mmoe' in only:
+    results['mmoe'] = mmoe_vs_shared_bottom(seeds=1 if args.quick else 5,
+                                            steps=300 if args.quick else 2000)
+    save()
+  if 'pipeline' in only and not args.skip_pipeline:
     results['pipeline'] = pipeline_experiments(rows=5000 if args.quick else 60000,
                                                steps=50 if args.quick else 800)
     save()
