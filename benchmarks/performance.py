@@ -204,7 +204,8 @@ def _tfxio_dataset(examples_mlmd, tf_transform_output, config, batch_size: int):
       tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=True,
                                      shuffle_seed=config.training.seed, num_epochs=None),
       tf_transform_output.transformed_metadata.schema)
-  features = [f.name for f in config.features]
+  from trainer.preprocessing import network_inputs  # pylint: disable=g-import-not-at-top
+  features = network_inputs(config)
   labels = [t.label for t in config.tasks]
 
   def features_and_labels(batch):
@@ -222,7 +223,8 @@ def _record_shuffle_dataset(examples_mlmd, tf_transform_output, config, batch_si
   from trainer.input import packed_feature_spec  # pylint: disable=g-import-not-at-top
   files = sorted(glob.glob(os.path.join(examples_mlmd.uri, 'Split-train', '*')))
   spec = packed_feature_spec(config, tf_transform_output)
-  features = [f.name for f in config.features]
+  from trainer.preprocessing import network_inputs  # pylint: disable=g-import-not-at-top
+  features = network_inputs(config)
   labels = [t.label for t in config.tasks]
 
   def parse(serialized):
@@ -249,7 +251,8 @@ def _per_feature_dataset(examples_mlmd, tf_transform_output, config, batch_size:
   from trainer.preprocessing import (  # pylint: disable=g-import-not-at-top
       transformed_layout, unpack_transformed)
   packed_spec = trainer_input.packed_feature_spec(config, tf_transform_output)
-  features = [f.name for f in config.features]
+  from trainer.preprocessing import network_inputs  # pylint: disable=g-import-not-at-top
+  features = network_inputs(config)
   labels = [t.label for t in config.tasks]
   os.makedirs(directory, exist_ok=True)
   files = []
@@ -411,7 +414,8 @@ def serving_cost(push_path: str, logs_dir: str, config_path: str,
   loaded = tf.saved_model.load(push_path)
   serve = loaded.signatures['serving_default']
   network = tf.keras.models.load_model(push_path, compile=False)
-  feature_names = [f.name for f in config.features]
+  from trainer.preprocessing import network_inputs  # pylint: disable=g-import-not-at-top
+  feature_names = network_inputs(config)
   transform = loaded.signatures['transform_features']
   result = {}
   for batch in (1, 256):
