@@ -25,6 +25,8 @@ part selects the elements of that name or type, or `*` all of them:
 `tasks.income.head_units=[64]`.
 
 Prints a markdown table (mean and spread over the seeds) and writes every number as JSON.
+`--compare A.json B.json ...` prints one table of several such runs (variants of the config)
+instead of running anything.
 """
 
 from __future__ import annotations
@@ -241,6 +243,31 @@ def _stats(values: List[float]) -> str:
   return f'{np.mean(values):.4f} ± {np.std(values):.4f}'
 
 
+def compare(paths: List[str]) -> str:
+  """One markdown table of several runs: per task the pipeline's AUC and its gap to the
+  boosted trees on the same splits (mean ± std over the seeds), and the exported epochs."""
+  lines = ['| variant (`--set`) | ' + ' | '.join(
+      f'{t} AUC | {t} - trees' for t in TASKS) + ' | exported epochs |',
+           '| --- | ' + ' | '.join('--- | ---' for _ in TASKS) + ' | --- |']
+  trees: Dict[str, List[float]] = {}
+  for path in paths:
+    with open(path) as f:
+      run = json.load(f)
+    cells = []
+    for task in TASKS:
+      ours = [s['tasks'][task]['pipeline_auc'] for s in run['seeds']]
+      theirs = [s['tasks'][task]['boosted_trees']['auc'] for s in run['seeds']]
+      trees.setdefault(task, theirs)
+      gaps = [a - b for a, b in zip(ours, theirs)]
+      cells += [_stats(ours), f'{np.mean(gaps):+.4f} ± {np.std(gaps):.4f}']
+    name = ' '.join(run.get('settings') or []) or '(the config as shipped)'
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' | ' +
+                 ', '.join(str(s['exported_epoch']) for s in run['seeds']) + ' |')
+  lines.append('| boosted trees (tuned per task and seed) | ' + ' | '.join(
+      f'{_stats(trees[t])} | ' for t in TASKS) + ' |')
+  return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--data', default=DEFAULT_DATA)
@@ -249,7 +276,12 @@ def main(argv=None) -> int:
                       help='change one config key (see the module docstring); repeatable')
   parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results',
                                                     'adult.json'))
+  parser.add_argument('--compare', nargs='+', metavar='JSON',
+                      help='print one table of these result files and exit')
   args = parser.parse_args(argv)
+  if args.compare:
+    print(compare(args.compare))
+    return 0
   settings = []
   for item in args.set:
     path, sep, value = item.partition('=')

@@ -29,6 +29,17 @@ BAD_LINES = [
 ]
 
 
+def tiny_model(config: PipelineConfig, cardinalities, seed: int = 1):
+  """A compiled MultiTaskModel of `config`'s network (the real training step), seeded."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.model import MultiTaskModel  # pylint: disable=g-import-not-at-top
+  from trainer.models import build_network  # pylint: disable=g-import-not-at-top
+  tf.keras.utils.set_random_seed(seed)
+  model = MultiTaskModel(build_network(config, cardinalities), config)
+  model.compile(optimizer=model.group_optimizers['trunk'])
+  return model
+
+
 def sample_config(**sections) -> PipelineConfig:
   """The shipped sample config, with some sections' keys replaced."""
   config = load_config(SAMPLE_CONFIG, base_dir=REPO)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model
 from pipeline.config import ConfigError, parse_config
-from trainer.model import MultiTaskModel
 from trainer.models import build_network
 from trainer.models.base import embedding_width
 
@@ -41,10 +41,7 @@ def _batch(n=32, seed=0):
 
 
 def _model(config):
-  tf.keras.utils.set_random_seed(1)
-  model = MultiTaskModel(build_network(config, CARDINALITIES), config)
-  model.compile(optimizer=model.group_optimizers['trunk'])
-  return model
+  return tiny_model(config, CARDINALITIES)
 
 
 def test_weight_decay_is_decoupled_and_spares_biases():

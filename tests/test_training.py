@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model
 from pipeline.config import parse_config
 from trainer import early_stopping, optimizers, run
-from trainer.model import MultiTaskModel
-from trainer.models import build_network
 
 CARDINALITIES = {'user': 12, 'device': 4}
 
@@ -42,10 +41,7 @@ def _batch(n=64, seed=0):
 
 
 def _model(config):
-  tf.keras.utils.set_random_seed(1)
-  model = MultiTaskModel(build_network(config, CARDINALITIES), config)
-  model.compile(optimizer=model.group_optimizers['trunk'])
-  return model
+  return tiny_model(config, CARDINALITIES)
 
 
 def _snapshot(variables):
