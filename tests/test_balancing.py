@@ -233,3 +233,41 @@ def test_gradnorm_step_on_a_tiny_model():
 def test_balancing_mistakes_name_the_key(training, message):
   with pytest.raises(ConfigError, match=message):
     _config(**training)
+
+
+@pytest.mark.parametrize('weighting', ['dwa', 'gradnorm'])
+def test_balancing_state_survives_a_restart_from_the_backup(tmp_path, weighting):
+  """DWA's loss history and GradNorm's weights and L_i(0) are model variables: a run
+  interrupted after epoch 3 and resumed from the backup by a fresh model ends where an
+  uninterrupted run ends."""
+  config = _config(loss_weighting=weighting)
+  features, labels = _batch(512, seed=3)
+  labels['skip'] = (features['device'] > 1).astype(np.float32)
+  # Exactly one epoch of batches, the same each epoch, so a resumed run sees what a straight
+  # one does.
+  dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(64)
+
+  def fit(callbacks=()):
+    model = _model(config)
+    dwa = ([balancing.DynamicWeightAverage(model.loss_weighting, ['click', 'skip'])]
+           if weighting == 'dwa' else [])
+    model.fit(dataset, epochs=5, verbose=0, callbacks=dwa + list(callbacks))
+    return model
+
+  straight = fit()
+  backup = str(tmp_path / 'backup')
+
+  class Interrupt(tf.keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 2:
+        raise RuntimeError('interrupted')
+
+  with pytest.raises(RuntimeError, match='interrupted'):
+    fit([tf.keras.callbacks.BackupAndRestore(backup), Interrupt()])
+  resumed = fit([tf.keras.callbacks.BackupAndRestore(backup)])
+  weights = {n: float(w) for n, w in straight.loss_weighting.task_weights().items()}
+  assert weights != {'click': 1.0, 'skip': 1.0}
+  for name, value in resumed.loss_weighting.task_weights().items():
+    assert float(value) == pytest.approx(weights[name], rel=1e-5), name
+  for a, b in zip(resumed.weights, straight.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
