@@ -78,6 +78,11 @@ class FeatureConfig:
   # numeric: also a learned embedding (embedding_dim) of the value's quantile bucket among this
   # many (quantiles of the train split), beside the scaled value; 0: the scaled value alone
   buckets: int = 0
+  # numeric: also a periodic embedding of the scaled value (Gorishniy et al. 2022, PLR):
+  # ReLU(Dense(embedding_dim)([sin(2 pi c x), cos(2 pi c x)])) with this many trainable
+  # frequencies c, initialised from N(0, periodic_scale^2); 0: none
+  periodic: int = 0
+  periodic_scale: float = 0.1
   # numeric: ingestion quarantines a value below min or above max (out_of_range:<name>)
   min: Optional[float] = None
   max: Optional[float] = None
@@ -292,7 +297,10 @@ class PipelineConfig:
                           data=dataclasses.replace(self.data, accept_anomalies=()),
                           features=tuple(dataclasses.replace(
                               f, max_drift=None, max_skew=None,
-                              embedding_dim=FeatureConfig.embedding_dim) for f in self.features),
+                              embedding_dim=FeatureConfig.embedding_dim,
+                              periodic=FeatureConfig.periodic,
+                              periodic_scale=FeatureConfig.periodic_scale)
+                              for f in self.features),
                           tasks=tuple(TaskConfig(name=t.name, label=t.label, type=t.type,
                                                  label_min=t.label_min, label_max=t.label_max)
                                       for t in self.tasks))
@@ -398,7 +406,7 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   _check_keys(raw, path, [f.name for f in dataclasses.fields(FeatureConfig)], ['name', 'type'])
   ftype = _choice(raw['type'], f'{path}.type', FEATURE_TYPES)
   only_for = {'categorical': ('top_k', 'frequency_threshold', 'oov_buckets'),
-              'numeric': ('scaling', 'min', 'max', 'buckets')}
+              'numeric': ('scaling', 'min', 'max', 'buckets', 'periodic', 'periodic_scale')}
   defaults = {f.name: f.default for f in dataclasses.fields(FeatureConfig)}
   for other_type, keys in only_for.items():
     for key in keys:
@@ -423,10 +431,16 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   if raw.get('buckets'):
     kwargs['buckets'] = _number(raw['buckets'], f'{path}.buckets', int, minimum=2,
                                 maximum=10000)
-  if (ftype == 'numeric' and not kwargs.get('buckets') and 'embedding_dim' in raw
-      and raw['embedding_dim'] != defaults['embedding_dim']):
+  if raw.get('periodic'):
+    kwargs['periodic'] = _number(raw['periodic'], f'{path}.periodic', int, minimum=1,
+                                 maximum=1024)
+  if 'periodic_scale' in raw:
+    kwargs['periodic_scale'] = _number(raw['periodic_scale'], f'{path}.periodic_scale',
+                                       minimum=0.0, exclusive_min=True)
+  if (ftype == 'numeric' and not kwargs.get('buckets') and not kwargs.get('periodic')
+      and 'embedding_dim' in raw and raw['embedding_dim'] != defaults['embedding_dim']):
     raise ConfigError(f'{path}.embedding_dim: applies to categorical features and to numeric '
-                      'ones with buckets')
+                      'ones with buckets or periodic')
   if kwargs['name'].endswith(BUCKET_SUFFIX):
     raise ConfigError(f'{path}.name: {kwargs["name"]!r} ends with {BUCKET_SUFFIX!r}, which '
                       "names a numeric feature's bucket")

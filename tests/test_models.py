@@ -200,3 +200,35 @@ def test_a_numeric_feature_with_buckets_adds_a_bucket_embedding_to_the_trunk(tmp
   # the bucket really is an input: another bucket, another prediction
   moved = network.model(dict(features, position__bucket=tf.constant((np.arange(32) + 1) % 5)))
   assert not np.allclose(moved['click'].numpy(), expected['click'].numpy())
+
+
+def test_a_numeric_feature_with_periodic_adds_a_plr_embedding_to_the_trunk(tmp_path):
+  """PLR (Gorishniy et al. 2022): ReLU(W [sin(2 pi c x), cos(2 pi c x)] + b), trainable c."""
+  raw = {**BASE, 'features': [
+      *BASE['features'][:2], {'name': 'position', 'type': 'numeric', 'periodic': 6,
+                              'periodic_scale': 0.5, 'embedding_dim': 3}],
+         'model': {'trunk_units': [16]}}
+  config = parse_config(raw)
+  network = build_network(config, CARDINALITIES)
+  layer = network.model.get_layer('position_periodic')
+  assert layer in network.groups['trunk']
+  frequencies = layer.coefficients.numpy()
+  assert frequencies.shape == (6,) and 0 < np.std(frequencies) < 2
+  x = np.linspace(-2, 2, 32).astype(np.float32)
+  kernel, bias = layer.dense.kernel.numpy(), layer.dense.bias.numpy()
+  angles = 2 * np.pi * x[:, None] * frequencies[None, :]
+  expected = np.maximum(np.concatenate([np.sin(angles), np.cos(angles)], 1) @ kernel + bias, 0)
+  np.testing.assert_allclose(layer(tf.constant(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+  # every trainable variable in exactly one group (the frequencies and the dense layer: trunk)
+  model = MultiTaskModel(network, config)
+  model(_features())
+  grouped = model.grouped_variables()
+  assert {v.name for v in layer.trainable_variables} <= {v.name for v in grouped['trunk']}
+  features = _features()
+  expected_outputs = network.model(features)
+  network.model.save(str(tmp_path / 'model'), save_format='tf')
+  reloaded = tf.keras.models.load_model(str(tmp_path / 'model'))
+  for name, value in reloaded(features).items():
+    np.testing.assert_allclose(value.numpy(), expected_outputs[name].numpy(), rtol=1e-6)
+  with pytest.raises(ConfigError, match=r'features\[0\].periodic: only applies to numeric'):
+    parse_config({**BASE, 'features': [{'name': 'item', 'type': 'categorical', 'periodic': 4}]})

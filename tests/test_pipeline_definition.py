@@ -74,6 +74,10 @@ def test_ingestion_and_transform_see_only_the_data_view(tmp_path):
   wider = dataclasses.replace(base, features=tuple(
       dataclasses.replace(f, embedding_dim=f.embedding_dim + 1) for f in base.features))
   assert params(base) == params(wider)
+  periodic = dataclasses.replace(base, features=tuple(
+      dataclasses.replace(f, periodic=8, periodic_scale=0.5) if f.type == 'numeric' else f
+      for f in base.features))
+  assert params(base) == params(periodic)
   bucketed = dataclasses.replace(base, features=tuple(
       dataclasses.replace(f, buckets=4) if f.type == 'numeric' else
       dataclasses.replace(f, oov_buckets=f.oov_buckets + 1) for f in base.features))

@@ -38,10 +38,12 @@ def make_optimizer(spec: OptimizerConfig, total_steps: int) -> tf.keras.optimize
 
 def exclude_biases_from_decay(optimizer: tf.keras.optimizers.Optimizer,
                               layers: Sequence[tf.Module]) -> None:
-  """Weight decay applies to kernels and embedding tables, not to biases (the layers' `bias`
-  attribute, by construction); must run before the optimizer's first step."""
+  """Weight decay applies to kernels and embedding tables, not to biases (the `bias` attribute
+  of the layers and of the layers inside them, by construction); must run before the
+  optimizer's first step."""
   optimizer.exclude_from_weight_decay(var_list=[
-      layer.bias for layer in layers if isinstance(getattr(layer, 'bias', None), tf.Variable)])
+      module.bias for layer in layers for module in (layer, *layer.submodules)
+      if isinstance(getattr(module, 'bias', None), tf.Variable)])
 
 
 def build_optimizers(config: PipelineConfig) -> Dict[str, tf.keras.optimizers.Optimizer]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline.config import AUTO, FeatureConfig, PipelineConfig, TaskConfig, order_tasks
@@ -50,12 +51,43 @@ def embedding_width(feature: FeatureConfig, rows: int) -> int:
   return int(feature.embedding_dim)
 
 
+@tf.keras.utils.register_keras_serializable(package='mtl')
+class PeriodicEmbedding(tf.keras.layers.Layer):
+  """A scalar feature as ReLU(W [sin(2 pi c x), cos(2 pi c x)] + b): `frequencies` trainable
+  c ~ N(0, scale^2), then a dense layer of `units` (the PLR embedding of Gorishniy, Rubachev &
+  Babenko, "On Embeddings for Numerical Features in Tabular Deep Learning", NeurIPS 2022).
+  [B] -> [B, units]."""
+
+  def __init__(self, frequencies: int, scale: float, units: int, **kwargs):
+    super().__init__(**kwargs)
+    self.frequencies = frequencies
+    self.scale = scale
+    self.units = units
+    self.dense = tf.keras.layers.Dense(units, activation='relu')
+
+  def build(self, input_shape):
+    self.coefficients = self.add_weight(
+        name='frequencies', shape=(self.frequencies,),
+        initializer=tf.keras.initializers.RandomNormal(stddev=self.scale))
+    self.dense.build((None, 2 * self.frequencies))
+    super().build(input_shape)
+
+  def call(self, inputs):
+    angles = 2 * np.pi * tf.reshape(inputs, [-1, 1]) * self.coefficients[tf.newaxis, :]
+    return self.dense(tf.concat([tf.sin(angles), tf.cos(angles)], axis=1))
+
+  def get_config(self):
+    return dict(super().get_config(), frequencies=self.frequencies, scale=self.scale,
+                units=self.units)
+
+
 def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
                  cardinalities: Mapping[str, int]
                  ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
   """Concatenates one embedding per categorical feature and the numeric features (each
-  scaled value, and the embedding of its quantile bucket when it has `buckets`), with
-  `model.embedding_dropout` on each embedding's output.
+  scaled value, the embedding of its quantile bucket when it has `buckets`, its periodic
+  embedding when it has `periodic`), with `model.embedding_dropout` on each embedding's
+  output.
 
   Returns the concatenated tensor and the embedding layers (they belong to the trunk group).
   """
@@ -79,6 +111,13 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
           inputs[feature.name]))
       if feature.buckets:
         parts.append(embed(feature, bucket_name(feature.name)))
+      if feature.periodic:
+        periodic = PeriodicEmbedding(feature.periodic, feature.periodic_scale,
+                                     embedding_width(feature, feature.periodic),
+                                     name=f'{feature.name}_periodic')
+        layers.append(periodic)
+        vectors = periodic(inputs[feature.name])
+        parts.append(dropout(vectors) if dropout else vectors)
   return tf.keras.layers.Concatenate(name='features')(parts), layers
 
 
