@@ -229,8 +229,8 @@ def run_seed(rows: List[Dict[str, Any]], seed: int, root: str,
       'exported_epoch': summary['training'].get('exported_epoch'),
       'exported_because': summary['training'].get('exported_because'), 'tasks': {}}
   # The baselines depend only on the split (and the seed): variants of the config share them.
-  split_id = hashlib.sha256('\n'.join(sorted(splits['train']) + ['--'] + sorted(splits['eval'])).encode()
-                            ).hexdigest()[:16]
+  split_text = '\n'.join(sorted(splits['train']) + ['--'] + sorted(splits['eval']))
+  split_id = hashlib.sha256(split_text.encode()).hexdigest()[:16]
   cache = _read_json(baselines_cache) if baselines_cache else {}
   for task in TASKS:
     key = f'{seed}/{task}/{split_id}/{json.dumps(GRID)}'
