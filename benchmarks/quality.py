@@ -286,6 +286,20 @@ def report(results: Dict[str, Any]) -> str:
     out.append(f'| {r["correlation"]} | {r["model"]} | {r.get("parameters", "n/a")} | '
                f'{r["test_mse_t1"]:.4f} ± {r.get("test_mse_t1_std", float("nan")):.4f} | '
                f'{r["test_mse_t2"]:.4f} ± {r.get("test_mse_t2_std", float("nan")):.4f} |')
+  # The spread above is mostly between the seeds' datasets; the paired difference on each
+  # seed's dataset says more.
+  out += ['', '| correlation | MMoE - shared-bottom, task 1 | task 2 | seeds where MMoE is '
+          'better (task 1, task 2) |', '| --- | --- | --- | --- |']
+  for correlation in sorted({r['correlation'] for r in m.values()}, reverse=True):
+    pair = [m.get(f'{correlation}/{arch}', {}).get('per_seed') for arch in ('mmoe',
+                                                                           'shared_bottom')]
+    if not all(pair):
+      continue
+    difference = np.array(pair[0]) - np.array(pair[1])
+    mean, spread = difference.mean(axis=0), difference.std(axis=0)
+    wins = (difference < 0).sum(axis=0)
+    out.append(f'| {correlation} | {mean[0]:+.4f} ± {spread[0]:.4f} | {mean[1]:+.4f} ± '
+               f'{spread[1]:.4f} | {wins[0]}, {wins[1]} of {len(difference)} |')
   return '\n'.join(out)
 
 
