@@ -190,7 +190,7 @@ def apply_setting(raw: Any, path: str, value: Any) -> None:
       raise SystemExit(f'--set: no element {head!r} in the list (names and types: '
                        f'{sorted({e.get("name") for e in raw} | {e.get("type") for e in raw})})')
     for element in chosen:
-      apply_setting(element, path, value) if not rest else apply_setting(element, rest, value)
+      apply_setting(element, rest or path, value)
     return
   if not rest:
     raw[head] = value

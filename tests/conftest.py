@@ -29,6 +29,21 @@ BAD_LINES = [
 ]
 
 
+TINY_FEATURES = [{'name': 'user', 'type': 'categorical', 'embedding_dim': 4},
+                 {'name': 'device', 'type': 'categorical', 'embedding_dim': 2},
+                 {'name': 'position', 'type': 'numeric'}]
+
+
+def tiny_config(name: str, tasks, training=None, model=None, features=None) -> PipelineConfig:
+  """A small config of the training-step tests: `features` (default: a 12-user and a 4-device
+  categorical and a numeric position), a 16-unit trunk unless `model` says otherwise."""
+  from pipeline.config import parse_config  # pylint: disable=g-import-not-at-top
+  return parse_config({
+      'name': name, 'data': {'input_base': '/unused', 'split_key': 'user'},
+      'features': features or TINY_FEATURES, 'tasks': tasks,
+      'model': dict({'trunk_units': [16]}, **(model or {})), 'training': training or {}})
+
+
 def tiny_model(config: PipelineConfig, cardinalities, seed: int = 1):
   """A compiled MultiTaskModel of `config`'s network (the real training step), seeded."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_model
-from pipeline.config import ConfigError, parse_config
+from conftest import tiny_config, tiny_model
+from pipeline.config import ConfigError
 from trainer import balancing
 
 CARDINALITIES = {'user': 12, 'device': 4}
@@ -16,19 +16,10 @@ LR = 0.1
 
 def _config(**training):
   sgd = {'type': 'sgd', 'learning_rate': LR}
-  return parse_config({
-      'name': 'balancing-test',
-      'data': {'input_base': '/unused', 'split_key': 'user'},
-      'features': [{'name': 'user', 'type': 'categorical', 'embedding_dim': 4},
-                   {'name': 'device', 'type': 'categorical', 'embedding_dim': 2},
-                   {'name': 'position', 'type': 'numeric'}],
-      'tasks': [{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
-                 'optimizer': sgd},
-                {'name': 'skip', 'label': 'skip', 'type': 'binary', 'head_units': [8],
-                 'optimizer': sgd}],
-      'model': {'trunk_units': [16]},
-      'training': dict({'trunk_optimizer': sgd, 'loss_weights_optimizer': sgd}, **training),
-  })
+  return tiny_config('balancing-test', [
+      {'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8], 'optimizer': sgd},
+      {'name': 'skip', 'label': 'skip', 'type': 'binary', 'head_units': [8], 'optimizer': sgd}],
+      training=dict({'trunk_optimizer': sgd, 'loss_weights_optimizer': sgd}, **training))
 
 
 def _batch(n=64, seed=0):

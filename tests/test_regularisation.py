@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_model
+from conftest import tiny_config, tiny_model
 from pipeline.config import ConfigError, parse_config
 from trainer.models import build_network
 from trainer.models.base import embedding_width
@@ -15,19 +15,12 @@ CARDINALITIES = {'user': 12, 'device': 4}
 
 
 def _config(model=None, features=None, trunk_optimizer=None, head_optimizer=None):
-  return parse_config({
-      'name': 'regularisation-test',
-      'data': {'input_base': '/unused', 'split_key': 'user'},
-      'features': features or [{'name': 'user', 'type': 'categorical', 'embedding_dim': 4},
-                               {'name': 'device', 'type': 'categorical', 'embedding_dim': 2},
-                               {'name': 'position', 'type': 'numeric'}],
-      'tasks': [{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
-                 'optimizer': head_optimizer or {}},
-                {'name': 'conversion', 'label': 'conversion', 'type': 'binary',
-                 'head_units': [8], 'optimizer': head_optimizer or {}}],
-      'model': dict({'trunk_units': [16]}, **(model or {})),
-      'training': {'trunk_optimizer': trunk_optimizer or {}},
-  })
+  return tiny_config('regularisation-test', [
+      {'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
+       'optimizer': head_optimizer or {}},
+      {'name': 'conversion', 'label': 'conversion', 'type': 'binary', 'head_units': [8],
+       'optimizer': head_optimizer or {}}],
+      training={'trunk_optimizer': trunk_optimizer or {}}, model=model, features=features)
 
 
 def _batch(n=32, seed=0):

@@ -7,28 +7,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_model
-from pipeline.config import parse_config
+from conftest import tiny_config, tiny_model
 from trainer import early_stopping, optimizers, run
 
 CARDINALITIES = {'user': 12, 'device': 4}
 
 
 def _config(dwell_learning_rate=0.01):
-  return parse_config({
-      'name': 'train-test',
-      'data': {'input_base': '/unused', 'split_key': 'user'},
-      'features': [{'name': 'user', 'type': 'categorical', 'embedding_dim': 4},
-                   {'name': 'device', 'type': 'categorical', 'embedding_dim': 2},
-                   {'name': 'position', 'type': 'numeric'}],
-      'tasks': [{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
-                 'optimizer': {'learning_rate': 0.05}},
-                {'name': 'dwell', 'label': 'dwell_seconds', 'type': 'regression',
-                 'head_units': [8], 'optimizer': {'learning_rate': dwell_learning_rate}}],
-      'model': {'trunk_units': [16]},
-      'training': {'trunk_optimizer': {'learning_rate': 0.05},
-                   'loss_weights_optimizer': {'learning_rate': 0.05}},
-  })
+  return tiny_config('train-test', [
+      {'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
+       'optimizer': {'learning_rate': 0.05}},
+      {'name': 'dwell', 'label': 'dwell_seconds', 'type': 'regression', 'head_units': [8],
+       'optimizer': {'learning_rate': dwell_learning_rate}}],
+      training={'trunk_optimizer': {'learning_rate': 0.05},
+                'loss_weights_optimizer': {'learning_rate': 0.05}})
 
 
 def _batch(n=64, seed=0):

@@ -91,18 +91,22 @@ class MultiTaskModel(tf.keras.Model):
       # below sums the replicas' gradients: dividing by the replica count makes that sum the
       # gradient of the global-batch mean (what one worker with the whole batch would compute).
       scaled_total = total / replica.num_replicas_in_sync
-    gradients = tape.gradient(scaled_total, grouped)
-    pairs = {group: [(g, v) for g, v in zip(gradients[group], group_vars) if g is not None]
-             for group, group_vars in grouped.items()}
+    pairs = _gradient_pairs(tape.gradient(scaled_total, grouped), grouped)
     # One all-reduce of every group's gradients per step (a no-op with a single replica); the
     # optimizers are then told not to aggregate again.
     flat = [g for group_pairs in pairs.values() for g, _ in group_pairs]
-    reduced = iter(replica.all_reduce(tf.distribute.ReduceOp.SUM, flat) if flat else [])
+    reduced = replica.all_reduce(tf.distribute.ReduceOp.SUM, flat) if flat else []
+    self._apply_reduced(pairs, reduced)
+    return self._logs(total, task_losses, weights)
+
+  def _apply_reduced(self, pairs: Dict[str, List], reduced: List[tf.Tensor]) -> None:
+    """Each group's optimizer applies its slice of the all-reduced gradients (in the order of
+    `pairs`), without aggregating them again."""
+    reduced = iter(reduced)
     for group, group_pairs in pairs.items():
       if group_pairs:
         self.group_optimizers[group].apply_gradients(
             [(next(reduced), v) for _, v in group_pairs], skip_gradients_aggregation=True)
-    return self._logs(total, task_losses, weights)
 
   def _per_task_train_step(self, data):
     """The step with each task's own trunk gradient (GradNorm, PCGrad); see the module
@@ -126,8 +130,7 @@ class MultiTaskModel(tf.keras.Model):
     task_trunk = [[tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                    for g, v in zip(tape.gradient(term, trunk), trunk)] for term in scaled_terms]
     del tape
-    pairs = {group: [(g, v) for g, v in zip(other_gradients[group], group_vars) if g is not None]
-             for group, group_vars in others.items()}
+    pairs = _gradient_pairs(other_gradients, others)
     flat = [g for group_pairs in pairs.values() for g, _ in group_pairs]
     flat.append(balancing.flatten([balancing.flatten(grads) for grads in task_trunk]))
     flat.append(tf.stack([task_losses[t.name] for t in self.tasks]) / replicas)
@@ -135,11 +138,7 @@ class MultiTaskModel(tf.keras.Model):
     reduced = replica.all_reduce(tf.distribute.ReduceOp.SUM, flat)
     global_losses = reduced.pop()
     per_task = tf.reshape(reduced.pop(), [len(self.tasks), -1])
-    reduced = iter(reduced)
-    for group, group_pairs in pairs.items():
-      if group_pairs:
-        self.group_optimizers[group].apply_gradients(
-            [(next(reduced), v) for _, v in group_pairs], skip_gradients_aggregation=True)
+    self._apply_reduced(pairs, reduced)
     step = self.group_optimizers[TRUNK_GROUP].iterations
     if self.gradient_surgery == 'pcgrad':
       combined = balancing.pcgrad(per_task, tf.stack([step, tf.constant(self._seed, tf.int64)]))
@@ -171,3 +170,10 @@ class MultiTaskModel(tf.keras.Model):
     features, labels = data
     total, task_losses, weights = self._task_losses(features, labels, training=False)
     return self._logs(total, task_losses, weights)
+
+
+def _gradient_pairs(gradients: Dict[str, List], grouped: Dict[str, List[tf.Variable]]
+                    ) -> Dict[str, List]:
+  """{group: [(gradient, variable)]}, leaving out variables without a gradient."""
+  return {group: [(g, v) for g, v in zip(gradients[group], group_vars) if g is not None]
+          for group, group_vars in grouped.items()}

@@ -95,29 +95,28 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
   dropout = (tf.keras.layers.Dropout(config.model.embedding_dropout, name='embedding_dropout')
              if config.model.embedding_dropout else None)
 
-  def embed(feature: FeatureConfig, name: str) -> tf.Tensor:
-    embedding = tf.keras.layers.Embedding(cardinalities[name],
-                                          embedding_width(feature, cardinalities[name]),
-                                          name=f'{name}_embedding')
-    layers.append(embedding)
-    vectors = embedding(inputs[name])
-    return dropout(vectors) if dropout else vectors
+  def embed(layer: tf.keras.layers.Layer, name: str) -> None:
+    layers.append(layer)
+    vectors = layer(inputs[name])
+    parts.append(dropout(vectors) if dropout else vectors)
+
+  def lookup(feature: FeatureConfig, name: str) -> tf.keras.layers.Layer:
+    return tf.keras.layers.Embedding(cardinalities[name],
+                                     embedding_width(feature, cardinalities[name]),
+                                     name=f'{name}_embedding')
 
   for feature in config.features:
     if feature.type == 'categorical':
-      parts.append(embed(feature, feature.name))
+      embed(lookup(feature, feature.name), feature.name)
     else:
       parts.append(tf.keras.layers.Reshape((1,), name=f'{feature.name}_column')(
           inputs[feature.name]))
       if feature.buckets:
-        parts.append(embed(feature, bucket_name(feature.name)))
+        embed(lookup(feature, bucket_name(feature.name)), bucket_name(feature.name))
       if feature.periodic:
-        periodic = PeriodicEmbedding(feature.periodic, feature.periodic_scale,
-                                     embedding_width(feature, feature.periodic),
-                                     name=f'{feature.name}_periodic')
-        layers.append(periodic)
-        vectors = periodic(inputs[feature.name])
-        parts.append(dropout(vectors) if dropout else vectors)
+        embed(PeriodicEmbedding(feature.periodic, feature.periodic_scale,
+                                embedding_width(feature, feature.periodic),
+                                name=f'{feature.name}_periodic'), feature.name)
   return tf.keras.layers.Concatenate(name='features')(parts), layers
 
 
