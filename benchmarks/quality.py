@@ -5,9 +5,12 @@ directly (1, 4) or through the whole local pipeline (2, 3):
 
 1. Kendall reproduction: y1 = 2x + 8 + 10 eps, y2 = 3x + 3 + eps; uncertainty weighting must
    learn sigmas near 10 and 1.
-2. Oracle gap: per task on the sample logs' eval split, the model's AUC (or RMSE) next to the
-   oracle's, computed from the generator's ground truth for the same rows.
-3. Weighting strategies: uncertainty vs equal vs fixed, dwell in raw seconds.
+2. Oracle gap: per task on the sample logs' eval split, the model's AUC (or RMSE) next to two
+   oracles computed from the generator's ground truth for the same rows: the user's own
+   probabilities, and the best a model can do for users unseen in training (the probabilities
+   averaged over the individual part of a user of the row's segment).
+3. Weighting and balancing: uncertainty, equal, fixed, DWA, GradNorm, uncertainty with PCGrad,
+   and MMoE, dwell in raw seconds.
 4. MMoE vs shared-bottom on the MMoE paper's synthetic tasks at correlations 1.0, 0.9, 0.5,
    at equal parameter counts (the shared-bottom trunk is sized to MMoE's count), 5 seeds.
 
@@ -108,7 +111,24 @@ def _parameters(config) -> int:
   return int(sum(np.prod(v.shape) for v in build_network(config, {}).model.trainable_variables))
 
 
-def mmoe_vs_shared_bottom(seeds: int, steps: int, samples: int = 12000) -> Dict[str, Any]:
+def _gate_usage(model, features, tasks) -> Dict[str, Any]:
+  """Per task: the mean gate weight of each expert over the examples, and the mean entropy
+  of one example's gate (log 4 = 1.386 for uniform gates over 4 experts, 0 for one expert)."""
+  network = model.network  # the Keras functional model
+  gates = tf.keras.Model(network.inputs,
+                         [network.get_layer(f'{t}_gate').output for t in tasks])(features)
+  usage = {}
+  for task, weights in zip(tasks, gates):
+    weights = weights.numpy()
+    usage[task] = {'mean_weight': [round(float(w), 4) for w in weights.mean(axis=0)],
+                   'entropy': float(np.mean(-np.sum(weights * np.log(weights + 1e-12),
+                                                    axis=1)))}
+  return usage
+
+
+def mmoe_vs_shared_bottom(seeds: int, steps: int, samples: int = 12000,
+                          correlations=(1.0, 0.9, 0.5),
+                          architectures=('shared_bottom', 'mmoe')) -> Dict[str, Any]:
   names = [f'x{i}' for i in range(100)]
   tasks = [{'name': f't{i}', 'label': f't{i}', 'type': 'regression', 'head_units': [16],
             'optimizer': {'learning_rate': 0.001}} for i in (1, 2)]
@@ -129,25 +149,29 @@ def mmoe_vs_shared_bottom(seeds: int, steps: int, samples: int = 12000) -> Dict[
   width = min((low, high), key=lambda h: abs(shared_bottom(h) - target))
   models = {'shared_bottom': {'type': 'shared_bottom', 'trunk_units': [width]}, 'mmoe': mmoe}
   results = {}
-  for correlation in (1.0, 0.9, 0.5):
-    for arch, model_cfg in models.items():
-      losses = []
+  for correlation in correlations:
+    for arch in architectures:
+      model_cfg = models[arch]
+      losses, gates = [], []
       for seed in range(seeds):
         x, y1, y2 = _mmoe_data(correlation, samples, seed)
         split = samples * 5 // 6
         features = {n: x[:split, i] for i, n in enumerate(names)}
         config = _numeric_config(names, tasks, model_cfg, training)
         model = _train(config, features, {'t1': y1[:split], 't2': y2[:split]}, steps, 128, seed)
-        out = model.network({n: x[split:, i] for i, n in enumerate(names)})
+        test = {n: x[split:, i] for i, n in enumerate(names)}
+        out = model.network(test)
         losses.append([float(np.mean((out[t].numpy()[:, 0] - y[split:]) ** 2))
                        for t, y in (('t1', y1), ('t2', y2))])
+        if arch == 'mmoe':
+          gates.append(_gate_usage(model, test, ('t1', 't2')))
       mean, spread = np.mean(losses, axis=0), np.std(losses, axis=0)
       results[f'{correlation}/{arch}'] = {
           'correlation': correlation, 'model': arch, 'model_config': model_cfg,
           'parameters': _parameters(config), 'test_mse_t1': float(mean[0]),
           'test_mse_t2': float(mean[1]), 'test_mse_t1_std': float(spread[0]),
           'test_mse_t2_std': float(spread[1]), 'seeds': seeds, 'steps': steps,
-          'per_seed': losses}
+          'per_seed': losses, **({'gates_per_seed': gates} if gates else {})}
   return results
 
 
@@ -181,20 +205,24 @@ def _records(directory: str):
 
 
 def _oracle(logs_dir: str, truth_dir: str, users: set) -> Dict[str, float]:
+  """Both oracles' metrics on the eval rows: '' scores with the user's own truth, '_segment'
+  with the segment's (what is knowable about a user never seen in training)."""
   rows = {r['impression_id']: r for r in _records(logs_dir) if r['user_id'] in users}
   truth = {t['impression_id']: t for t in _records(truth_dir) if t['impression_id'] in rows}
   ids = sorted(rows)
   click = np.array([rows[i]['click'] for i in ids])
   conversion = np.array([rows[i]['conversion'] for i in ids])
   dwell = np.array([rows[i]['dwell_seconds'] for i in ids])
-  return {
-      'click_auc': _auc(click, np.array([truth[i]['p_click'] for i in ids])),
-      'conversion_auc': _auc(conversion, np.array([truth[i]['p_conversion'] for i in ids])),
-      'dwell_rmse': float(np.sqrt(np.mean(
-          (dwell - np.array([truth[i]['expected_dwell'] for i in ids])) ** 2))),
-      'dwell_rmse_of_mean': float(np.std(dwell)),
-      'eval_rows': len(ids),
-  }
+  oracle = {'dwell_rmse_of_mean': float(np.std(dwell)), 'eval_rows': len(ids)}
+  for suffix in ('', '_segment'):
+    def column(name):
+      return np.array([truth[i][name + suffix] for i in ids])
+    oracle.update({
+        'click_auc' + suffix: _auc(click, column('p_click')),
+        'conversion_auc' + suffix: _auc(conversion, column('p_conversion')),
+        'dwell_rmse' + suffix: float(np.sqrt(np.mean((dwell - column('expected_dwell')) ** 2))),
+    })
+  return oracle
 
 
 def pipeline_experiments(rows: int, steps: int) -> Dict[str, Any]:
@@ -211,11 +239,16 @@ def pipeline_experiments(rows: int, steps: int) -> Dict[str, Any]:
   variants = {'uncertainty': base,
               'equal': base.with_overrides(training={'loss_weighting': 'equal'}),
               'fixed': dataclasses.replace(
-                  base.with_overrides(training={'loss_weighting': 'fixed'}), tasks=fixed)}
+                  base.with_overrides(training={'loss_weighting': 'fixed'}), tasks=fixed),
+              'dwa': base.with_overrides(training={'loss_weighting': 'dwa'}),
+              'gradnorm': base.with_overrides(training={'loss_weighting': 'gradnorm'}),
+              'uncertainty + pcgrad': base.with_overrides(
+                  training={'gradient_surgery': 'pcgrad'}),
+              'mmoe (uncertainty)': base.with_overrides(model={'type': 'mmoe'})}
   run_dir = os.path.join(root, 'run')
   results: Dict[str, Any] = {'rows': rows, 'train_steps': steps, 'weighting': {}}
-  for name, config in variants.items():
-    config = config.with_overrides(serving={'push_dir': os.path.join(root, f'serving-{name}')})
+  for i, (name, config) in enumerate(variants.items()):
+    config = config.with_overrides(serving={'push_dir': os.path.join(root, f'serving-{i}')})
     started = time.time()
     summary = run_local(config, run_dir)
     results['weighting'][name] = {
@@ -227,16 +260,17 @@ def pipeline_experiments(rows: int, steps: int) -> Dict[str, Any]:
   results['oracle'] = _oracle(os.path.join(root, 'logs'), written['truth_dir'],
                               _eval_users(run_dir))
   model = results['weighting']['uncertainty']
+  oracle = results['oracle']
   results['oracle_gap'] = {
-      'click': {'model_auc': model['click']['auc'], 'oracle_auc': results['oracle']['click_auc'],
-                'ratio': model['click']['auc'] / results['oracle']['click_auc']},
-      'conversion': {'model_auc': model['conversion']['auc'],
-                     'oracle_auc': results['oracle']['conversion_auc'],
-                     'ratio': model['conversion']['auc'] / results['oracle']['conversion_auc']},
-      'dwell': {'model_rmse': model['dwell']['rmse'],
-                'oracle_rmse': results['oracle']['dwell_rmse'],
-                'rmse_of_predicting_the_mean': results['oracle']['dwell_rmse_of_mean']},
-  }
+      task: {'model_auc': model[task]['auc'], 'oracle_auc': oracle[f'{task}_auc'],
+             'ratio': model[task]['auc'] / oracle[f'{task}_auc'],
+             'segment_oracle_auc': oracle[f'{task}_auc_segment'],
+             'segment_ratio': model[task]['auc'] / oracle[f'{task}_auc_segment']}
+      for task in ('click', 'conversion')}
+  results['oracle_gap']['dwell'] = {
+      'model_rmse': model['dwell']['rmse'], 'oracle_rmse': oracle['dwell_rmse'],
+      'segment_oracle_rmse': oracle['dwell_rmse_segment'],
+      'rmse_of_predicting_the_mean': oracle['dwell_rmse_of_mean']}
   return results
 
 
@@ -247,6 +281,27 @@ def _fmt(value, digits=4):
 
 
 def report(results: Dict[str, Any]) -> str:
+  return '\n'.join(_report_experiments(results) + _report_gates(results.get('mmoe_gates')))
+
+
+def _report_gates(gates: Dict[str, Any]) -> List[str]:
+  if not gates:
+    return []
+  run = next(iter(gates.values()))
+  out = ['', f'### 4b. MMoE gates at correlation 0.5 ({run["steps"]} steps; mean gate weight '
+         'per expert over the test rows, and the mean entropy of one row\'s gate)', '',
+         '| seed | task 1 MSE | task 2 MSE | task 1 gate | entropy | task 2 gate | entropy |',
+         '| --- | --- | --- | --- | --- | --- | --- |']
+  for seed, (losses, usage) in enumerate(zip(run['per_seed'], run['gates_per_seed'])):
+    cells = [f'{seed}', f'{losses[0]:.4f}', f'{losses[1]:.4f}']
+    for task in ('t1', 't2'):
+      cells += [' '.join(f'{w:.2f}' for w in usage[task]['mean_weight']),
+                f'{usage[task]["entropy"]:.3f}']
+    out.append('| ' + ' | '.join(cells) + ' |')
+  return out
+
+
+def _report_experiments(results: Dict[str, Any]) -> List[str]:
   out = []
   k = results.get('kendall')
   if k:
@@ -262,14 +317,17 @@ def report(results: Dict[str, Any]) -> str:
     out += ['', '### 2. Oracle gap on the sample logs (eval split: users unseen in training)', '',
             f'{p["rows"]} rows over 5 days, {p["train_steps"]} steps, shared-bottom, '
             f'uncertainty weighting; {p["oracle"]["eval_rows"]} eval rows.', '',
-            '| task | model | oracle | model / oracle |', '| --- | --- | --- | --- |']
+            '| task | model | oracle: the user | model / oracle | oracle: unseen users (the '
+            'segment) | model / oracle |', '| --- | --- | --- | --- | --- | --- |']
     for t in ('click', 'conversion'):
       out.append(f'| {t} AUC | {_fmt(g[t]["model_auc"])} | {_fmt(g[t]["oracle_auc"])} | '
-                 f'{g[t]["ratio"]:.1%} |')
+                 f'{g[t]["ratio"]:.1%} | {_fmt(g[t].get("segment_oracle_auc"))} | '
+                 f'{g[t].get("segment_ratio", float("nan")):.1%} |')
     out.append(f'| dwell RMSE (s) | {_fmt(g["dwell"]["model_rmse"], 2)} | '
-               f'{_fmt(g["dwell"]["oracle_rmse"], 2)} | predicting the mean: '
+               f'{_fmt(g["dwell"]["oracle_rmse"], 2)} | | '
+               f'{_fmt(g["dwell"].get("segment_oracle_rmse"), 2)} | predicting the mean: '
                f'{_fmt(g["dwell"]["rmse_of_predicting_the_mean"], 2)} |')
-    out += ['', '### 3. Loss weighting strategies (dwell in raw seconds)', '',
+    out += ['', '### 3. Loss weighting and balancing (dwell in raw seconds)', '',
             '| weighting | click AUC | conversion AUC | dwell RMSE | dwell weight |',
             '| --- | --- | --- | --- | --- |']
     for name, w in p['weighting'].items():
@@ -277,7 +335,7 @@ def report(results: Dict[str, Any]) -> str:
                  f'{_fmt(w["dwell"]["rmse"], 2)} | {_fmt(w["dwell"]["loss_weight"])} |')
   m = results.get('mmoe')
   if not m:
-    return '\n'.join(out)
+    return out
   out += ['', '### 4. MMoE vs shared-bottom (MMoE paper synthetic data, test MSE, mean ± std '
           f'over {next(iter(m.values()))["seeds"]} seeds)', '',
           '| correlation | model | parameters | task 1 MSE | task 2 MSE |',
@@ -300,7 +358,7 @@ def report(results: Dict[str, Any]) -> str:
     wins = (difference < 0).sum(axis=0)
     out.append(f'| {correlation} | {mean[0]:+.4f} ± {spread[0]:.4f} | {mean[1]:+.4f} ± '
                f'{spread[1]:.4f} | {wins[0]}, {wins[1]} of {len(difference)} |')
-  return '\n'.join(out)
+  return out
 
 
 def main() -> None:
@@ -309,8 +367,9 @@ def main() -> None:
   parser.add_argument('--quick', action='store_true', help='smaller sizes, for a smoke run')
   parser.add_argument('--skip-pipeline', action='store_true', help='only experiments 1 and 4')
   parser.add_argument('--only', default='kendall,mmoe,pipeline',
-                      help='comma-separated experiments to run (kendall, mmoe, pipeline); the '
-                      'others keep their numbers from --out if it exists')
+                      help='comma-separated experiments to run (kendall, mmoe, pipeline, gates: '
+                      "MMoE's gates at correlation 0.5); the others keep their numbers from "
+                      '--out if it exists')
   parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results',
                                                     'quality.json'))
   args = parser.parse_args()
@@ -334,6 +393,11 @@ def main() -> None:
   if 'mmoe' in only:
     results['mmoe'] = mmoe_vs_shared_bottom(seeds=1 if args.quick else 5,
                                             steps=300 if args.quick else 2000)
+    save()
+  if 'gates' in only:  # MMoE alone at correlation 0.5, with its gates (section 4's question)
+    results['mmoe_gates'] = mmoe_vs_shared_bottom(
+        seeds=1 if args.quick else 5, steps=300 if args.quick else 2000, correlations=(0.5,),
+        architectures=('mmoe',))
     save()
   if 'pipeline' in only and not args.skip_pipeline:
     results['pipeline'] = pipeline_experiments(rows=5000 if args.quick else 60000,

@@ -14,6 +14,12 @@ p_click = sigmoid(click logit); a conversion only after a click, with p_cvr from
 and price; dwell seconds only after a click, log-normal around a per-item mean. The ground-truth
 file holds p_click, p_conversion = p_click * p_cvr and expected_dwell = p_click * E[dwell |
 click], never written into the log, so benchmarks can compute oracle metrics.
+
+The ground truth comes twice: for the user (the probabilities the row was drawn with), and for
+the user's segment (`*_segment`: the same probabilities averaged over the individual part of a
+user of that segment). A model scoring a user it never saw in training knows the segment, the
+item and the context, not the individual part: the segment truth is the best it can do, so its
+AUC is the ceiling for unseen users.
 """
 
 from __future__ import annotations
@@ -31,12 +37,19 @@ DEVICES = ('ios', 'android', 'web')
 _DEVICE_CLICK_EFFECT = np.array([0.25, 0.0, -0.35])
 _FACTOR_DIM = 4
 _DWELL_SIGMA = 0.5
+# A user's bias and factors: the segment's plus N(0, sd^2) of their own.
+_USER_BIAS_SD = 0.2
+_USER_FACTOR_SD = 0.25
+_CLICK_AFFINITY = 1.5   # weight of user . item factors in the click logit
+_CVR_AFFINITY = 1.2     # weight of user . item conversion factors in the conversion logit
 
 
 @dataclasses.dataclass(frozen=True)
 class World:
   """The latent parameters; fixed by the seed, independent of how many rows are drawn."""
   user_segment: np.ndarray
+  segment_bias: np.ndarray
+  segment_factors: np.ndarray
   user_bias: np.ndarray
   user_factors: np.ndarray
   user_popularity: np.ndarray
@@ -63,8 +76,11 @@ def make_world(seed: int, num_users: int = 2000, num_items: int = 500,
 
   return World(
       user_segment=segment,
-      user_bias=segment_bias[segment] + rng.normal(0.0, 0.2, num_users),
-      user_factors=segment_factors[segment] + rng.normal(0.0, 0.25, (num_users, _FACTOR_DIM)),
+      segment_bias=segment_bias,
+      segment_factors=segment_factors,
+      user_bias=segment_bias[segment] + rng.normal(0.0, _USER_BIAS_SD, num_users),
+      user_factors=segment_factors[segment] + rng.normal(0.0, _USER_FACTOR_SD,
+                                                         (num_users, _FACTOR_DIM)),
       user_popularity=popularity(num_users, 0.5),
       item_bias=rng.normal(0.0, 0.5, num_items),
       item_factors=rng.normal(0.0, 0.6, (num_items, _FACTOR_DIM)),
@@ -81,6 +97,57 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
   return 1.0 / (1.0 + np.exp(-x))
 
 
+def _click_logit(world: World, user_bias: np.ndarray, user_factors: np.ndarray,
+                 items: np.ndarray, devices: np.ndarray, hours: np.ndarray,
+                 positions: np.ndarray) -> np.ndarray:
+  affinity = np.sum(user_factors * world.item_factors[items], axis=1)
+  return (-1.6 + user_bias + world.item_bias[items] +
+          world.category_bias[world.item_category[items]] + _DEVICE_CLICK_EFFECT[devices] +
+          0.3 * np.sin(2 * np.pi * (hours - 14) / 24) - 0.12 * (positions - 1) +
+          _CLICK_AFFINITY * affinity)
+
+
+def _cvr_logit(world: World, user_factors: np.ndarray, items: np.ndarray) -> np.ndarray:
+  return (-0.3 + _CVR_AFFINITY * np.sum(user_factors * world.item_cvr_factors[items], axis=1) -
+          0.9 * (np.log(world.item_price[items]) - 3.0))
+
+
+def segment_probabilities(world: World, segments: np.ndarray, items: np.ndarray,
+                          devices: np.ndarray, hours: np.ndarray, positions: np.ndarray,
+                          nodes: int = 12, chunk: int = 65536) -> Dict[str, np.ndarray]:
+  """E[p_click] and E[p_click * p_cvr] over the individual part of a user of each row's segment.
+
+  The individual part (b, f) ~ N(0, diag(sb^2, sf^2 I)) enters the click logit as
+  b + 1.5 f.v and the conversion logit as 1.2 f.w (v, w: the item's factors), so the two
+  shifts are jointly normal with a 2x2 covariance per row; the expectations are taken by
+  Gauss-Hermite quadrature on that normal (nodes x nodes points), in chunks of rows.
+  """
+  x, weight = np.polynomial.hermite_e.hermegauss(nodes)  # for the weight exp(-x^2 / 2)
+  grid_1, grid_2 = (g.ravel() for g in np.meshgrid(x, x, indexing='ij'))
+  grid_weight = np.outer(weight, weight).ravel() / (2 * np.pi)
+  p_click = np.empty(len(items))
+  p_conversion = np.empty(len(items))
+  for start in range(0, len(items), chunk):
+    rows = slice(start, start + chunk)
+    s, i = segments[rows], items[rows]
+    mean_click = _click_logit(world, world.segment_bias[s], world.segment_factors[s], i,
+                              devices[rows], hours[rows], positions[rows])
+    mean_cvr = _cvr_logit(world, world.segment_factors[s], i)
+    v, w = world.item_factors[i], world.item_cvr_factors[i]
+    var_click = _USER_BIAS_SD ** 2 + (_CLICK_AFFINITY * _USER_FACTOR_SD) ** 2 * np.sum(v * v, 1)
+    var_cvr = (_CVR_AFFINITY * _USER_FACTOR_SD) ** 2 * np.sum(w * w, 1)
+    cov = _CLICK_AFFINITY * _CVR_AFFINITY * _USER_FACTOR_SD ** 2 * np.sum(v * w, 1)
+    l11 = np.sqrt(var_click)  # Cholesky factor of [[var_click, cov], [cov, var_cvr]]
+    l21 = cov / l11
+    l22 = np.sqrt(np.maximum(var_cvr - l21 ** 2, 0.0))
+    click = _sigmoid(mean_click[:, None] + l11[:, None] * grid_1[None, :])
+    cvr = _sigmoid(mean_cvr[:, None] + l21[:, None] * grid_1[None, :] +
+                   l22[:, None] * grid_2[None, :])
+    p_click[rows] = click @ grid_weight
+    p_conversion[rows] = (click * cvr) @ grid_weight
+  return {'p_click': p_click, 'p_conversion': p_conversion}
+
+
 def draw_day(world: World, rows: int, day: datetime.date, rng: np.random.Generator
              ) -> Dict[str, np.ndarray]:
   """Draws one day of impressions as column arrays (including the ground-truth columns)."""
@@ -91,17 +158,13 @@ def draw_day(world: World, rows: int, day: datetime.date, rng: np.random.Generat
   hours = seconds // 3600
   positions = rng.integers(1, 11, rows)
 
-  affinity = np.sum(world.user_factors[users] * world.item_factors[items], axis=1)
-  click_logit = (-1.6 + world.user_bias[users] + world.item_bias[items] +
-                 world.category_bias[world.item_category[items]] +
-                 _DEVICE_CLICK_EFFECT[devices] + 0.3 * np.sin(2 * np.pi * (hours - 14) / 24) -
-                 0.12 * (positions - 1) + 1.5 * affinity)
-  p_click = _sigmoid(click_logit)
-  cvr_logit = (-0.3 + 1.2 * np.sum(world.user_factors[users] * world.item_cvr_factors[items],
-                                   axis=1) - 0.9 * (np.log(world.item_price[items]) - 3.0))
-  p_cvr = _sigmoid(cvr_logit)
+  p_click = _sigmoid(_click_logit(world, world.user_bias[users], world.user_factors[users],
+                                  items, devices, hours, positions))
+  p_cvr = _sigmoid(_cvr_logit(world, world.user_factors[users], items))
   dwell_log_mean = world.item_dwell_log_mean[items] + 0.2 * (devices == 2)
   expected_dwell_given_click = np.exp(dwell_log_mean + _DWELL_SIGMA ** 2 / 2)
+  segment = segment_probabilities(world, world.user_segment[users], items, devices, hours,
+                                  positions)
 
   click = rng.random(rows) < p_click
   conversion = click & (rng.random(rows) < p_cvr)
@@ -115,6 +178,8 @@ def draw_day(world: World, rows: int, day: datetime.date, rng: np.random.Generat
       'dwell': np.round(dwell, 2),
       'p_click': p_click, 'p_conversion': p_click * p_cvr,
       'expected_dwell': p_click * expected_dwell_given_click,
+      'p_click_segment': segment['p_click'], 'p_conversion_segment': segment['p_conversion'],
+      'expected_dwell_segment': segment['p_click'] * expected_dwell_given_click,
   }
 
 
@@ -165,6 +230,9 @@ def generate_logs(out_dir: str, rows: int, days: int = 1, seed: int = 7,
             'p_click': round(float(cols['p_click'][i]), 6),
             'p_conversion': round(float(cols['p_conversion'][i]), 6),
             'expected_dwell': round(float(cols['expected_dwell'][i]), 4),
+            'p_click_segment': round(float(cols['p_click_segment'][i]), 6),
+            'p_conversion_segment': round(float(cols['p_conversion_segment'][i]), 6),
+            'expected_dwell_segment': round(float(cols['expected_dwell_segment'][i]), 4),
         }) + '\n')
     files.append(log_path)
   return {'rows': rows, 'days': days, 'log_files': files, 'truth_dir': truth_dir}

@@ -4,7 +4,11 @@ import gzip
 import json
 import os
 
-from pipeline.sample_logs import generate_logs
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from pipeline import sample_logs
+from pipeline.sample_logs import generate_logs, make_world, segment_probabilities
 
 
 def _read(path):
@@ -41,3 +45,53 @@ def test_different_seeds_differ(tmp_path):
   a = generate_logs(str(tmp_path / 'a'), rows=200, seed=1)
   b = generate_logs(str(tmp_path / 'b'), rows=200, seed=2)
   assert _read(a['log_files'][0]) != _read(b['log_files'][0])
+
+
+def test_segment_truth_is_the_user_truth_averaged_over_the_individual_part():
+  """The segment probabilities (Gauss-Hermite over the individual part) against Monte Carlo:
+  draw many users of the segment the way make_world draws them, compute each one's
+  probabilities with the formula the log is drawn with, and average."""
+  world = make_world(3)
+  rng = np.random.default_rng(0)
+  users = 400_000
+  spreads = []
+  for case in range(12):
+    segment, item = case % 8, int(rng.integers(0, 500))
+    device, hour, position = int(rng.integers(0, 3)), int(rng.integers(0, 24)), case % 10 + 1
+    bias = world.segment_bias[segment] + rng.normal(0.0, 0.2, users)
+    factors = world.segment_factors[segment] + rng.normal(0.0, 0.25, (users, 4))
+    one = lambda value: np.full(users, value)  # noqa: E731
+    p_click = sample_logs._sigmoid(sample_logs._click_logit(
+        world, bias, factors, one(item), one(device), one(hour), one(position)))
+    p_conversion = p_click * sample_logs._sigmoid(sample_logs._cvr_logit(world, factors,
+                                                                        one(item)))
+    expected = segment_probabilities(world, *(np.array([v]) for v in
+                                              (segment, item, device, hour, position)))
+    # Within 5 Monte Carlo standard errors (the quadrature's own error is far smaller): a
+    # variance term left out (the bias's, or the click-conversion covariance) moves the
+    # expectation by more than that on some of these rows.
+    for name, draws in (('p_click', p_click), ('p_conversion', p_conversion)):
+      tolerance = 5 * draws.std() / np.sqrt(users)
+      assert abs(expected[name][0] - draws.mean()) < tolerance, (case, name)
+    spreads.append(p_click.std())
+  # Averaging does not reproduce one user's probability: the individual part matters.
+  assert np.mean(spreads) > 0.01
+
+
+def test_segment_truth_ranks_worse_than_the_user_truth_and_better_than_chance(tmp_path):
+  written = generate_logs(str(tmp_path / 'logs'), rows=20000, seed=7)
+  rows = _read(written['log_files'][0])
+  truth = _read(os.path.join(written['truth_dir'], 'day=2026-11-01', 'truth.jsonl.gz'))
+  click = np.array([r['click'] for r in rows])
+  users = roc_auc_score(click, [t['p_click'] for t in truth])
+  segments = roc_auc_score(click, [t['p_click_segment'] for t in truth])
+  assert 0.6 < segments < users
+  # The same segment, item and context give the same segment truth, whoever the user is.
+  keyed = {}
+  for r, t in zip(rows, truth):
+    key = (r['user_segment'], r['item_id'], r['device'], r['hour'], r['position'])
+    keyed.setdefault(key, set()).add(t['p_click_segment'])
+  assert all(len(values) == 1 for values in keyed.values())
+  assert any(len({r['user_id'] for r in rows if (r['user_segment'], r['item_id'], r['device'],
+                                                  r['hour'], r['position']) == key}) > 1
+             for key in keyed)
