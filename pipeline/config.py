@@ -56,6 +56,7 @@ DEFAULT_MAX_REGRESSION = {
 SPLIT_BUCKETS = 100
 # A numeric feature's quantile bucket is fed to the network as `<feature>__bucket`.
 BUCKET_SUFFIX = '__bucket'
+PIECE_SUFFIX = '__piece'  # <feature>__piece<t>: bin t of a numeric feature's piecewise_linear
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,10 @@ class FeatureConfig:
   # frequencies c, initialised from N(0, periodic_scale^2); 0: none
   periodic: int = 0
   periodic_scale: float = 0.1
+  # numeric: also a piecewise-linear encoding of the value over this many quantile bins
+  # (Gorishniy et al. 2022, PLE: bin t gives 0 below it, 1 above it, the position inside it),
+  # then ReLU(Dense(embedding_dim)); 0: none
+  piecewise_linear: int = 0
   # numeric: ingestion quarantines a value below min or above max (out_of_range:<name>)
   min: Optional[float] = None
   max: Optional[float] = None
@@ -406,7 +411,8 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   _check_keys(raw, path, [f.name for f in dataclasses.fields(FeatureConfig)], ['name', 'type'])
   ftype = _choice(raw['type'], f'{path}.type', FEATURE_TYPES)
   only_for = {'categorical': ('top_k', 'frequency_threshold', 'oov_buckets'),
-              'numeric': ('scaling', 'min', 'max', 'buckets', 'periodic', 'periodic_scale')}
+              'numeric': ('scaling', 'min', 'max', 'buckets', 'periodic', 'periodic_scale',
+                          'piecewise_linear')}
   defaults = {f.name: f.default for f in dataclasses.fields(FeatureConfig)}
   for other_type, keys in only_for.items():
     for key in keys:
@@ -437,13 +443,20 @@ def _parse_feature(raw: Any, path: str) -> FeatureConfig:
   if 'periodic_scale' in raw:
     kwargs['periodic_scale'] = _number(raw['periodic_scale'], f'{path}.periodic_scale',
                                        minimum=0.0, exclusive_min=True)
-  if (ftype == 'numeric' and not kwargs.get('buckets') and not kwargs.get('periodic')
+  if raw.get('piecewise_linear'):
+    kwargs['piecewise_linear'] = _number(raw['piecewise_linear'], f'{path}.piecewise_linear',
+                                         int, minimum=2, maximum=256)
+  if (ftype == 'numeric' and not any(kwargs.get(k) for k in ('buckets', 'periodic',
+                                                              'piecewise_linear'))
       and 'embedding_dim' in raw and raw['embedding_dim'] != defaults['embedding_dim']):
     raise ConfigError(f'{path}.embedding_dim: applies to categorical features and to numeric '
-                      'ones with buckets or periodic')
+                      'ones with buckets, periodic or piecewise_linear')
   if kwargs['name'].endswith(BUCKET_SUFFIX):
     raise ConfigError(f'{path}.name: {kwargs["name"]!r} ends with {BUCKET_SUFFIX!r}, which '
                       "names a numeric feature's bucket")
+  if re.search(PIECE_SUFFIX + r'\d+$', kwargs['name']):
+    raise ConfigError(f'{path}.name: {kwargs["name"]!r} ends with {PIECE_SUFFIX!r} and a '
+                      "number, which names a bin of a numeric feature's piecewise_linear")
   for key in ('min', 'max'):
     if raw.get(key) is not None:
       kwargs[key] = _number(raw[key], f'{path}.{key}')

@@ -47,10 +47,10 @@ def runs(e2e_run, tmp_path_factory):
         task = dataclasses.replace(task, inputs_from=('click',))
       tasks.append(task)
     config = dataclasses.replace(config, tasks=tuple(tasks))
-    if name == 'ple':  # and a quantile-bucket embedding of the price (Transform runs again)
-      # and a periodic embedding of it (model-only)
+    if name == 'ple':  # and a quantile-bucket embedding and piecewise-linear bins of the
+      # price (Transform runs again) and a periodic embedding of it (model-only)
       config = dataclasses.replace(config, features=tuple(
-          dataclasses.replace(f, buckets=8, embedding_dim=4, periodic=8)
+          dataclasses.replace(f, buckets=8, embedding_dim=4, periodic=8, piecewise_linear=6)
           if f.name == 'item_price' else f for f in config.features))
     results[name] = (config, run_local(config, str(root / 'run')))
   log_file = sorted(str(p) for p in e2e_run['logs'].glob('day=2026-11-01/*.gz'))[0]
@@ -117,10 +117,11 @@ def test_other_architectures_reuse_cached_ingestion_and_transform(runs):
 
 
 def test_served_model_with_price_buckets_serves_both_signatures(runs):
-  """The PLE run's price bucket is computed inside the served graph: both signatures give
-  the same answer, and a price far outside the training range lands in the last bucket. The
-  served graph also holds the price's periodic embedding and dropout layers; repeated requests
-  get the same answer (dropout is off when serving)."""
+  """The PLE run's price bucket and piecewise-linear bins are computed inside the served
+  graph: both signatures give the same answer, and a price far outside the training range
+  lands in the last bucket and fills every bin. The served graph also holds the price's
+  periodic and piecewise-linear embeddings and dropout layers; repeated requests get the same
+  answer (dropout is off when serving)."""
   from components import serving_requests  # pylint: disable=g-import-not-at-top
   from components.records import record_to_instance  # pylint: disable=g-import-not-at-top
   (config, summary), records = runs[0]['ple'], runs[1]
@@ -142,13 +143,18 @@ def test_served_model_with_price_buckets_serves_both_signatures(runs):
   buckets = transform(examples=tf.constant(labelled))['item_price__bucket'].numpy()
   assert set(buckets.tolist()) <= set(range(8)) and len(set(buckets.tolist())) > 2
   assert buckets[-1] == 7
+  bins = np.stack([transform(examples=tf.constant(labelled))[f'item_price__piece{t}'].numpy()
+                   for t in range(6)], axis=1)
+  assert np.all((bins >= 0) & (bins <= 1)) and bins[-1].tolist() == [1.0] * 6
+  assert len({tuple(row) for row in bins.tolist()}) > 2  # the prices differ, so do the bins
   again = loaded.signatures['serving_default'](examples=tf.constant(examples))
   for task in config.tasks:
     np.testing.assert_array_equal(again[task.name].numpy(), by_examples[task.name].numpy())
   import trainer.models  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   network = tf.keras.models.load_model(summary['push']['path'], compile=False)
   names = {layer.name for layer in network.layers}
-  assert {'item_price_periodic', 'embedding_dropout'} <= names, sorted(names)
+  assert {'item_price_periodic', 'item_price_piecewise_linear',
+          'embedding_dropout'} <= names, sorted(names)
 
 
 def test_served_esmm_returns_ctr_cvr_ctcvr(runs):

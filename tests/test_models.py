@@ -232,3 +232,40 @@ def test_a_numeric_feature_with_periodic_adds_a_plr_embedding_to_the_trunk(tmp_p
     np.testing.assert_allclose(value.numpy(), expected_outputs[name].numpy(), rtol=1e-6)
   with pytest.raises(ConfigError, match=r'features\[0\].periodic: only applies to numeric'):
     parse_config({**BASE, 'features': [{'name': 'item', 'type': 'categorical', 'periodic': 4}]})
+
+
+def test_a_numeric_feature_with_piecewise_linear_bins_adds_a_dense_embedding_to_the_trunk(
+    tmp_path):
+  """PLE (Gorishniy et al. 2022): the bins Transform computes enter as one input each and
+  become ReLU(W bins + b), a trunk layer; the model saves and reloads."""
+  raw = {**BASE, 'features': [
+      *BASE['features'][:2], {'name': 'position', 'type': 'numeric', 'piecewise_linear': 5,
+                              'embedding_dim': 3}], 'model': {'trunk_units': [16]}}
+  config = parse_config(raw)
+  network = build_network(config, CARDINALITIES)
+  layer = network.model.get_layer('position_piecewise_linear')
+  assert layer in network.groups['trunk'] and layer.units == 3
+  rng = np.random.default_rng(3)
+  bins = np.sort(rng.uniform(size=(32, 5)).astype(np.float32), axis=1)[:, ::-1]
+  features = {**_features(), **{f'position__piece{t}': tf.constant(bins[:, t])
+                                for t in range(5)}}
+  model = MultiTaskModel(network, config)
+  model(features)
+  assert {v.name for v in layer.trainable_variables} <= {
+      v.name for v in model.grouped_variables()['trunk']}
+  np.testing.assert_allclose(
+      tf.keras.Model(network.model.inputs, layer.output)(features).numpy(),
+      np.maximum(bins @ layer.kernel.numpy() + layer.bias.numpy(), 0), rtol=1e-5, atol=1e-6)
+  expected_outputs = network.model(features)
+  network.model.save(str(tmp_path / 'model'), save_format='tf')
+  reloaded = tf.keras.models.load_model(str(tmp_path / 'model'))
+  for name, value in reloaded(features).items():
+    np.testing.assert_allclose(value.numpy(), expected_outputs[name].numpy(), rtol=1e-6)
+  for mistake, message in (
+      ({'name': 'item', 'type': 'categorical', 'piecewise_linear': 4},
+       r'features\[0\].piecewise_linear: only applies to numeric'),
+      ({'name': 'price', 'type': 'numeric', 'piecewise_linear': 1},
+       r'features\[0\].piecewise_linear'),
+      ({'name': 'price__piece2', 'type': 'numeric'}, r'features\[0\].name')):
+    with pytest.raises(ConfigError, match=message):
+      parse_config({**BASE, 'features': [mistake]})

@@ -5,11 +5,13 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from pipeline.config import parse_config
-from trainer.preprocessing import build_preprocessing_fn, transformed_layout, unpack_transformed
+from trainer.preprocessing import (build_preprocessing_fn, transform_piecewise_linear,
+                                   transformed_layout, unpack_transformed)
 
 CONFIG = parse_config({
     'name': 'prep-test',
@@ -148,3 +150,68 @@ def test_outputs_are_packed_by_role_in_config_order(transformed):
   # A serving request has no labels, so tf.Transform leaves the labels column out.
   features_only = unpack_transformed(CONFIG, {n: v for n, v in batch.items() if n != 'labels'})
   assert set(features_only) == {'user', 'device', 'position', 'price', 'raw'}
+
+
+def test_piecewise_linear_encoding_of_a_numeric_feature(tmp_path):
+  """`piecewise_linear`: per quantile bin [l, r], 0 below, 1 above, (x - l) / (r - l) inside
+  (Gorishniy et al. 2022, eq. 1), with the edges tf.Transform's quantiles and the data's min
+  and max; a bin of no width (coinciding quantiles, here the many zeros) is 1 from its edge
+  on. The expected values are computed in numpy from the edges the same analysis gives."""
+  values = [0.0] * 12 + [float(v) for v in (2, 3, 5, 8, 13, 21, 34, 55)]  # zero-heavy
+  spec = {'x': tf.io.FixedLenFeature([], tf.float32)}
+  feature = parse_config({
+      'name': 'ple', 'data': {'input_base': '/unused', 'split_key': 'id'},
+      'features': [{'name': 'x', 'type': 'numeric', 'piecewise_linear': 4}],
+      'tasks': [{'name': 'y', 'label': 'y', 'type': 'binary'}]}).features[0]
+
+  def preprocessing_fn(inputs):
+    bins = transform_piecewise_linear(inputs['x'], feature)
+    inner = tft.quantiles(inputs['x'], 4, epsilon=0.01)
+    ones = tf.ones_like(inputs['x'])
+    return {'bins': tf.stack(bins, axis=1), 'x': inputs['x'],
+            'edges': tf.concat([tft.min(inputs['x']) * ones[:, None], inner * ones[:, None],
+                                tft.max(inputs['x']) * ones[:, None]], axis=1)}
+
+  metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+  new_rows = [{'x': v} for v in (-1.0, 4.0, 1e6)]  # outside the range and between edges
+  with tft_beam.Context(temp_dir=str(tmp_path)):
+    (data, _), transform_fn = (([{'x': v} for v in values], metadata)
+                               | tft_beam.AnalyzeAndTransformDataset(preprocessing_fn))
+    new_data, _ = ((new_rows, metadata), transform_fn) | tft_beam.TransformDataset()
+  edges = np.array(data[0]['edges'])
+  assert edges[0] == 0 and edges[-1] == 55 and len(edges) == 5
+  assert np.sum(np.diff(edges) == 0) >= 1  # the zeros give coinciding quantiles
+  left, right = edges[:-1], edges[1:]
+  for row in list(data) + list(new_data):
+    x = np.clip(row['x'], 0, 55)
+    expected = np.where(right > left,
+                        np.clip((x - left) / np.where(right > left, right - left, 1), 0, 1),
+                        (x >= right).astype(float))
+    np.testing.assert_allclose(row['bins'], expected, rtol=1e-6, err_msg=str(row['x']))
+  # the encoding is ordered and fills bins up to the value: a larger value never has less
+  encodings = [np.array(row['bins']) for row in sorted(data, key=lambda r: r['x'])]
+  assert all(np.all(b >= a) for a, b in zip(encodings, encodings[1:]))
+  assert list(new_data[0]['bins']) == list(encodings[0])  # below the range: as the min
+  assert list(new_data[2]['bins']) == [1.0] * 4  # above the range: every bin full
+  assert 0 < max(new_data[1]['bins']) and min(new_data[1]['bins']) < 1
+
+
+def test_piecewise_linear_bins_are_numeric_columns_after_the_features(tmp_path):
+  raw = CONFIG.to_dict()
+  raw['features'][3]['piecewise_linear'] = 3  # price
+  config = parse_config(raw)
+  layout = transformed_layout(config)
+  assert [layout[f'price__piece{t}'] for t in range(3)] == [
+      ('numeric_values', 3), ('numeric_values', 4), ('numeric_values', 5)]
+  metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(FEATURE_SPEC))
+  with tft_beam.Context(temp_dir=str(tmp_path)):
+    (data, _), _ = ((ROWS, metadata) | tft_beam.AnalyzeAndTransformDataset(
+        build_preprocessing_fn(config)))
+  pieces = np.array([[row['numeric_values'][layout[f'price__piece{t}'][1]] for t in range(3)]
+                     for row in data])
+  assert pieces[0].tolist() == [0, 0, 0] and pieces[-1].tolist() == [1, 1, 1]  # min, max
+  assert np.all(np.diff(pieces, axis=0) >= 0)  # PRICES increase
+  price, at = layout['price']
+  logs = np.log1p(PRICES)  # the scaled value is unchanged
+  np.testing.assert_allclose([row[price][at] for row in data], (logs - logs.mean()) / logs.std(),
+                             rtol=1e-5)

@@ -5,7 +5,9 @@
   The vocabulary files become assets of the exported model.
 - numeric feature -> clamped to the range of the analysed data (tft.min / tft.max), then
   z-score, or z-score of log1p(max(x, 0)) (`log`), or passed as float; with `buckets`, also
-  its quantile bucket id (`tft.bucketize`), which the network embeds.
+  its quantile bucket id (`tft.bucketize`), which the network embeds; with
+  `piecewise_linear`, also its piecewise-linear encoding over quantile bins (one float per
+  bin, `<feature>__piece<t>`).
 - labels -> float32, unchanged in value (binary 0/1, regression in its own units), so the
   losses and TFMA see the same label.
 
@@ -28,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline.config import BUCKET_SUFFIX, FeatureConfig, PipelineConfig
+from pipeline.config import BUCKET_SUFFIX, PIECE_SUFFIX, FeatureConfig, PipelineConfig
 
 CONFIG_KEY = 'pipeline_config'
 
@@ -42,11 +44,18 @@ def bucket_name(feature_name: str) -> str:
   return feature_name + BUCKET_SUFFIX
 
 
+def piece_names(feature: FeatureConfig) -> List[str]:
+  """The network inputs holding a numeric feature's piecewise-linear encoding, one per bin."""
+  return [f'{feature.name}{PIECE_SUFFIX}{t}' for t in range(feature.piecewise_linear)]
+
+
 def network_inputs(config: PipelineConfig) -> List[str]:
   """The transformed features the network reads, by name: every feature, then the quantile
-  bucket of each numeric feature with `buckets`."""
-  return [f.name for f in config.features] + [bucket_name(f.name) for f in config.features
-                                              if f.type == 'numeric' and f.buckets]
+  bucket of each numeric feature with `buckets`, then the bins of each with
+  `piecewise_linear`."""
+  return ([f.name for f in config.features] +
+          [bucket_name(f.name) for f in config.numeric_features if f.buckets] +
+          [name for f in config.numeric_features for name in piece_names(f)])
 
 
 def vocabulary_name(feature_name: str) -> str:
@@ -109,14 +118,39 @@ def transform_buckets(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
   return tft.bucketize(tf.cast(_dense(values), tf.float32), num_buckets=feature.buckets)
 
 
+def transform_piecewise_linear(values: tf.Tensor, feature: FeatureConfig) -> List[tf.Tensor]:
+  """The value's piecewise-linear encoding over `piecewise_linear` quantile bins of the
+  analysed (train) data (Gorishniy, Rubachev & Babenko 2022, PLE): bin t = [l_t, r_t] gives
+  0 below l_t, 1 above r_t and (x - l_t) / (r_t - l_t) inside, so the bins up to the value's
+  are 1 and the rest 0, with the value's position in its own bin in between. The outer edges
+  are the data's min and max. Quantiles can coincide (a value held by many rows, such as
+  capital gains of 0): such a bin has no width and gives 1 from its edge on. A value outside
+  the analysed range is encoded as the range's nearest end (as `transform_numeric` clamps).
+  Returns one tensor per bin."""
+  values = tf.cast(_dense(values), tf.float32)
+  inner = tft.quantiles(values, feature.piecewise_linear,
+                        epsilon=min(1.0 / feature.piecewise_linear, 0.01))  # [1, bins - 1]
+  low, high = tft.min(values), tft.max(values)
+  edges = tf.concat([tf.reshape(low, [1]), tf.reshape(inner, [-1]), tf.reshape(high, [1])],
+                    axis=0)
+  left, right = edges[tf.newaxis, :-1], edges[tf.newaxis, 1:]
+  x = tf.clip_by_value(values, low, high)[:, tf.newaxis]
+  width = right - left
+  inside = tf.clip_by_value((x - left) / tf.where(width > 0, width, 1.0), 0.0, 1.0)
+  encoded = tf.where(width > 0, inside, tf.cast(x >= right, tf.float32))
+  return tf.unstack(tf.reshape(encoded, [-1, feature.piecewise_linear]), axis=1)
+
+
 def transformed_layout(config: PipelineConfig) -> Dict[str, Tuple[str, int]]:
   """Where each feature and label is in the transformed examples: name -> (column, index).
-  Quantile buckets are integer ids, after the categorical features."""
+  Quantile buckets are integer ids, after the categorical features; piecewise-linear bins
+  are floats, after the numeric features."""
   layout = {}
   buckets = [bucket_name(f.name) for f in config.numeric_features if f.buckets]
+  pieces = [name for f in config.numeric_features for name in piece_names(f)]
   for column, names in ((CATEGORICAL_COLUMN,
                          [f.name for f in config.categorical_features] + buckets),
-                        (NUMERIC_COLUMN, [f.name for f in config.numeric_features]),
+                        (NUMERIC_COLUMN, [f.name for f in config.numeric_features] + pieces),
                         (LABEL_COLUMN, [t.label for t in config.tasks])):
     layout.update({name: (column, index) for index, name in enumerate(names)})
   return layout
@@ -144,6 +178,9 @@ def build_preprocessing_fn(config: PipelineConfig):
         values[feature.name] = transform_numeric(inputs[feature.name], feature)
         if feature.buckets:
           values[bucket_name(feature.name)] = transform_buckets(inputs[feature.name], feature)
+        if feature.piecewise_linear:
+          values.update(zip(piece_names(feature),
+                            transform_piecewise_linear(inputs[feature.name], feature)))
     for task in config.tasks:
       values[task.label] = tf.cast(_dense(inputs[task.label]), tf.float32)
     columns: Dict[str, list] = {}

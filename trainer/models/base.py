@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import AUTO, FeatureConfig, PipelineConfig, TaskConfig, order_tasks
-from trainer.preprocessing import bucket_name
+from trainer.preprocessing import bucket_name, piece_names
 
 TRUNK_GROUP = 'trunk'
 
@@ -29,8 +29,9 @@ class MultiTaskNetwork:
 
 
 def feature_inputs(config: PipelineConfig) -> Dict[str, tf.keras.Input]:
-  """One Keras input per feature: int64 ids for categorical, float32 for numeric; and int64
-  ids for each numeric feature's quantile bucket (`buckets`)."""
+  """One Keras input per feature: int64 ids for categorical, float32 for numeric; int64 ids
+  for each numeric feature's quantile bucket (`buckets`); float32 for each bin of its
+  piecewise-linear encoding (`piecewise_linear`)."""
   inputs = {
       f.name: tf.keras.Input(shape=(), name=f.name,
                              dtype=tf.int64 if f.type == 'categorical' else tf.float32)
@@ -40,6 +41,8 @@ def feature_inputs(config: PipelineConfig) -> Dict[str, tf.keras.Input]:
     if f.buckets:
       inputs[bucket_name(f.name)] = tf.keras.Input(shape=(), name=bucket_name(f.name),
                                                    dtype=tf.int64)
+    for name in piece_names(f):
+      inputs[name] = tf.keras.Input(shape=(), name=name, dtype=tf.float32)
   return inputs
 
 
@@ -86,8 +89,8 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
                  ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
   """Concatenates one embedding per categorical feature and the numeric features (each
   scaled value, the embedding of its quantile bucket when it has `buckets`, its periodic
-  embedding when it has `periodic`), with `model.embedding_dropout` on each embedding's
-  output.
+  embedding when it has `periodic`, ReLU(Dense) of its piecewise-linear bins when it has
+  `piecewise_linear`), with `model.embedding_dropout` on each embedding's output.
 
   Returns the concatenated tensor and the embedding layers (they belong to the trunk group).
   """
@@ -95,9 +98,9 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
   dropout = (tf.keras.layers.Dropout(config.model.embedding_dropout, name='embedding_dropout')
              if config.model.embedding_dropout else None)
 
-  def embed(layer: tf.keras.layers.Layer, name: str) -> None:
+  def embed(layer: tf.keras.layers.Layer, values: tf.Tensor) -> None:
     layers.append(layer)
-    vectors = layer(inputs[name])
+    vectors = layer(values)
     parts.append(dropout(vectors) if dropout else vectors)
 
   def lookup(feature: FeatureConfig, name: str) -> tf.keras.layers.Layer:
@@ -107,16 +110,22 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
 
   for feature in config.features:
     if feature.type == 'categorical':
-      embed(lookup(feature, feature.name), feature.name)
+      embed(lookup(feature, feature.name), inputs[feature.name])
     else:
       parts.append(tf.keras.layers.Reshape((1,), name=f'{feature.name}_column')(
           inputs[feature.name]))
       if feature.buckets:
-        embed(lookup(feature, bucket_name(feature.name)), bucket_name(feature.name))
+        embed(lookup(feature, bucket_name(feature.name)), inputs[bucket_name(feature.name)])
       if feature.periodic:
         embed(PeriodicEmbedding(feature.periodic, feature.periodic_scale,
                                 embedding_width(feature, feature.periodic),
-                                name=f'{feature.name}_periodic'), feature.name)
+                                name=f'{feature.name}_periodic'), inputs[feature.name])
+      if feature.piecewise_linear:
+        bins = tf.keras.layers.Concatenate(name=f'{feature.name}_pieces')(
+            [tf.keras.layers.Reshape((1,))(inputs[name]) for name in piece_names(feature)])
+        embed(tf.keras.layers.Dense(embedding_width(feature, feature.piecewise_linear),
+                                    activation='relu', name=f'{feature.name}_piecewise_linear'),
+              bins)
   return tf.keras.layers.Concatenate(name='features')(parts), layers
 
 
