@@ -10,7 +10,7 @@ directly (1, 4) or through the whole local pipeline (2, 3):
    probabilities, and the best a model can do for users unseen in training (the probabilities
    averaged over the individual part of a user of the row's segment).
 3. Weighting and balancing: uncertainty, equal, fixed, DWA, GradNorm, uncertainty with PCGrad,
-   and MMoE, dwell in raw seconds.
+   and MMoE and DCN-V2 cross layers, dwell in raw seconds.
 4. MMoE vs shared-bottom on the MMoE paper's synthetic tasks at correlations 1.0, 0.9, 0.5,
    at equal parameter counts (the shared-bottom trunk is sized to MMoE's count), 5 seeds.
 
@@ -244,7 +244,8 @@ def pipeline_experiments(rows: int, steps: int) -> Dict[str, Any]:
               'gradnorm': base.with_overrides(training={'loss_weighting': 'gradnorm'}),
               'uncertainty + pcgrad': base.with_overrides(
                   training={'gradient_surgery': 'pcgrad'}),
-              'mmoe (uncertainty)': base.with_overrides(model={'type': 'mmoe'})}
+              'mmoe (uncertainty)': base.with_overrides(model={'type': 'mmoe'}),
+              'cross_layers 2 (uncertainty)': base.with_overrides(model={'cross_layers': 2})}
   run_dir = os.path.join(root, 'run')
   results: Dict[str, Any] = {'rows': rows, 'train_steps': steps, 'weighting': {}}
   for i, (name, config) in enumerate(variants.items()):

@@ -160,6 +160,7 @@ class ModelConfig:
   dropout: float = 0.0                    # shared_bottom, esmm: after each trunk layer
   embedding_dropout: float = 0.0          # every architecture: on each embedding's output
   head_dropout: float = 0.0               # every architecture: after each task-head layer
+  cross_layers: int = 0                   # every architecture: DCN-V2 cross layers on the input
   num_experts: int = 4                    # mmoe
   expert_units: Sequence[int] = (64,)     # mmoe: each expert's dense layers; ple: one level each
   num_shared_experts: int = 2             # ple: shared experts per level
@@ -613,6 +614,8 @@ def _parse_model_field(key: str, value: Any, path: str) -> Any:
     return _number(value, path, minimum=0.0, maximum=0.9)
   if key in ('num_experts', 'num_shared_experts', 'num_task_experts'):
     return _number(value, path, int, minimum=1)
+  if key == 'cross_layers':
+    return _number(value, path, int, minimum=0, maximum=8)
   if key in ('esmm_click_task', 'esmm_conversion_task'):
     return _optional_string(value, path)
   raise AssertionError(key)

@@ -22,9 +22,10 @@ BALANCING = {
 MODELS = {
     'mmoe': {'type': 'mmoe', 'num_experts': 3, 'expert_units': [32]},
     'esmm': {'type': 'esmm', 'esmm_click_task': 'click', 'esmm_conversion_task': 'conversion'},
-    # with dropout layers in the exported graph (inactive when serving)
+    # with dropout layers in the exported graph (inactive when serving) and a cross layer
     'ple': {'type': 'ple', 'expert_units': [32, 16], 'num_shared_experts': 2,
-            'num_task_experts': 1, 'embedding_dropout': 0.1, 'head_dropout': 0.1},
+            'num_task_experts': 1, 'embedding_dropout': 0.1, 'head_dropout': 0.1,
+            'cross_layers': 1},
 }
 
 
@@ -120,8 +121,8 @@ def test_served_model_with_price_buckets_serves_both_signatures(runs):
   """The PLE run's price bucket and piecewise-linear bins are computed inside the served
   graph: both signatures give the same answer, and a price far outside the training range
   lands in the last bucket and fills every bin. The served graph also holds the price's
-  periodic and piecewise-linear embeddings and dropout layers; repeated requests get the same
-  answer (dropout is off when serving)."""
+  periodic and piecewise-linear embeddings, a cross layer and dropout layers; repeated requests
+  get the same answer (dropout is off when serving)."""
   from components import serving_requests  # pylint: disable=g-import-not-at-top
   from components.records import record_to_instance  # pylint: disable=g-import-not-at-top
   (config, summary), records = runs[0]['ple'], runs[1]
@@ -153,8 +154,8 @@ def test_served_model_with_price_buckets_serves_both_signatures(runs):
   import trainer.models  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   network = tf.keras.models.load_model(summary['push']['path'], compile=False)
   names = {layer.name for layer in network.layers}
-  assert {'item_price_periodic', 'item_price_piecewise_linear',
-          'embedding_dropout'} <= names, sorted(names)
+  assert {'item_price_periodic', 'item_price_piecewise_linear', 'embedding_dropout',
+          'cross_0'} <= names, sorted(names)
 
 
 def test_served_esmm_returns_ctr_cvr_ctcvr(runs):

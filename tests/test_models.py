@@ -269,3 +269,38 @@ def test_a_numeric_feature_with_piecewise_linear_bins_adds_a_dense_embedding_to_
       ({'name': 'price__piece2', 'type': 'numeric'}, r'features\[0\].name')):
     with pytest.raises(ConfigError, match=message):
       parse_config({**BASE, 'features': [mistake]})
+
+
+@pytest.mark.parametrize('model_type', sorted(MODELS))
+def test_cross_layers_follow_dcn_v2_in_every_architecture(model_type, tmp_path):
+  """`cross_layers`: x1 = x0 * (W0 x0 + b0) + x0, x2 = x0 * (W1 x1 + b1) + x1 on the embedded
+  input (Wang et al. 2021, eq. 1), in the trunk group; the model saves and reloads."""
+  raw = {**BASE, 'model': {**BASE['model'], **MODELS[model_type], 'cross_layers': 2}}
+  if model_type not in ('mmoe', 'ple'):
+    raw['model'] = {k: v for k, v in raw['model'].items()
+                    if k not in ('num_experts', 'expert_units')}
+  config = parse_config(raw)
+  network = build_network(config, CARDINALITIES)
+  features = _features()
+  x0 = tf.keras.Model(network.model.inputs,
+                      network.model.get_layer('features').output)(features).numpy()
+  assert x0.shape == (32, 4 + 2 + 1)
+  x = x0
+  for i in range(2):
+    layer = network.model.get_layer(f'cross_{i}')
+    assert layer in network.groups['trunk']
+    x = x0 * (x @ layer.dense.kernel.numpy() + layer.dense.bias.numpy()) + x
+  crossed = tf.keras.Model(network.model.inputs,
+                           network.model.get_layer('cross_1').output)(features).numpy()
+  np.testing.assert_allclose(crossed, x, rtol=1e-5, atol=1e-6)
+  model = MultiTaskModel(network, config)
+  model(features)
+  grouped = model.grouped_variables()
+  cross_variables = {v.name for i in range(2)
+                     for v in network.model.get_layer(f'cross_{i}').trainable_variables}
+  assert len(cross_variables) == 4 and cross_variables <= {v.name for v in grouped['trunk']}
+  expected = network.model(features)
+  network.model.save(str(tmp_path / 'model'), save_format='tf')
+  reloaded = tf.keras.models.load_model(str(tmp_path / 'model'))
+  for name, value in reloaded(features).items():
+    np.testing.assert_allclose(value.numpy(), expected[name].numpy(), rtol=1e-6)

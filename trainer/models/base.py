@@ -84,15 +84,33 @@ class PeriodicEmbedding(tf.keras.layers.Layer):
                 units=self.units)
 
 
+@tf.keras.utils.register_keras_serializable(package='mtl')
+class CrossLayer(tf.keras.layers.Layer):
+  """One DCN-V2 cross layer (Wang et al., WWW 2021): x_next = x0 * (W x + b) + x, with x0 the
+  embedded input. Each layer adds explicit feature crosses one degree higher (products of
+  input coordinates) that an MLP over concatenated embeddings learns poorly; the residual
+  keeps x. Call it on [x0, x]."""
+
+  def build(self, input_shape):
+    self.dense = tf.keras.layers.Dense(input_shape[0][-1])
+    self.dense.build(input_shape[1])
+    super().build(input_shape)
+
+  def call(self, inputs):
+    x0, x = inputs
+    return x0 * self.dense(x) + x
+
+
 def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
                  cardinalities: Mapping[str, int]
                  ) -> Tuple[tf.Tensor, List[tf.keras.layers.Layer]]:
   """Concatenates one embedding per categorical feature and the numeric features (each
   scaled value, the embedding of its quantile bucket when it has `buckets`, its periodic
   embedding when it has `periodic`, ReLU(Dense) of its piecewise-linear bins when it has
-  `piecewise_linear`), with `model.embedding_dropout` on each embedding's output.
+  `piecewise_linear`), with `model.embedding_dropout` on each embedding's output, followed by
+  `model.cross_layers` DCN-V2 cross layers.
 
-  Returns the concatenated tensor and the embedding layers (they belong to the trunk group).
+  Returns the tensor and the embedding and cross layers (they belong to the trunk group).
   """
   parts, layers = [], []
   dropout = (tf.keras.layers.Dropout(config.model.embedding_dropout, name='embedding_dropout')
@@ -126,7 +144,12 @@ def embed_inputs(config: PipelineConfig, inputs: Mapping[str, tf.Tensor],
         embed(tf.keras.layers.Dense(embedding_width(feature, feature.piecewise_linear),
                                     activation='relu', name=f'{feature.name}_piecewise_linear'),
               bins)
-  return tf.keras.layers.Concatenate(name='features')(parts), layers
+  x0 = x = tf.keras.layers.Concatenate(name='features')(parts)
+  for i in range(config.model.cross_layers):
+    cross = CrossLayer(name=f'cross_{i}')
+    layers.append(cross)
+    x = cross([x0, x])
+  return x, layers
 
 
 @tf.keras.utils.register_keras_serializable(package='mtl')
