@@ -12,9 +12,10 @@ directly (1, 4) or through the whole local pipeline (2, 3):
 3. Weighting and balancing: uncertainty, equal, fixed, DWA, GradNorm, uncertainty with PCGrad,
    and MMoE and DCN-V2 cross layers, dwell in raw seconds.
 4. MMoE vs shared-bottom on the MMoE paper's synthetic tasks at correlations 1.0, 0.9, 0.5,
-   at equal parameter counts (the shared-bottom trunk is sized to MMoE's count), 5 seeds.
+   at equal parameter counts (the shared-bottom trunk is sized to MMoE's count), 5 seeds;
+   `gates`: MMoE alone at correlation 0.5, with its gate usage per task.
 
-    .venv/bin/python benchmarks/quality.py [--quick] [--only kendall,mmoe,pipeline]
+    .venv/bin/python benchmarks/quality.py [--quick] [--only kendall,mmoe,pipeline,gates]
         [--out benchmarks/results/quality.json]
 
 Prints markdown tables and writes the numbers as JSON.
