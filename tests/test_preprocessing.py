@@ -10,8 +10,9 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from pipeline.config import parse_config
-from trainer.preprocessing import (build_preprocessing_fn, transform_piecewise_linear,
-                                   transformed_layout, unpack_transformed)
+from trainer.preprocessing import (analysed_range, build_preprocessing_fn,
+                                   transform_piecewise_linear, transformed_layout,
+                                   unpack_transformed)
 
 CONFIG = parse_config({
     'name': 'prep-test',
@@ -165,12 +166,13 @@ def test_piecewise_linear_encoding_of_a_numeric_feature(tmp_path):
       'tasks': [{'name': 'y', 'label': 'y', 'type': 'binary'}]}).features[0]
 
   def preprocessing_fn(inputs):
-    bins = transform_piecewise_linear(inputs['x'], feature)
+    low, high = analysed_range(inputs['x'])
+    bins = transform_piecewise_linear(inputs['x'], feature, (low, high))
     inner = tft.quantiles(inputs['x'], 4, epsilon=0.01)
     ones = tf.ones_like(inputs['x'])
     return {'bins': tf.stack(bins, axis=1), 'x': inputs['x'],
-            'edges': tf.concat([tft.min(inputs['x']) * ones[:, None], inner * ones[:, None],
-                                tft.max(inputs['x']) * ones[:, None]], axis=1)}
+            'edges': tf.concat([low * ones[:, None], inner * ones[:, None],
+                                high * ones[:, None]], axis=1)}
 
   metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
   new_rows = [{'x': v} for v in (-1.0, 4.0, 1e6)]  # outside the range and between edges

@@ -49,13 +49,19 @@ def piece_names(feature: FeatureConfig) -> List[str]:
   return [f'{feature.name}{PIECE_SUFFIX}{t}' for t in range(feature.piecewise_linear)]
 
 
+def _bucket_inputs(config: PipelineConfig) -> List[str]:
+  return [bucket_name(f.name) for f in config.numeric_features if f.buckets]
+
+
+def _piece_inputs(config: PipelineConfig) -> List[str]:
+  return [name for f in config.numeric_features for name in piece_names(f)]
+
+
 def network_inputs(config: PipelineConfig) -> List[str]:
   """The transformed features the network reads, by name: every feature, then the quantile
   bucket of each numeric feature with `buckets`, then the bins of each with
   `piecewise_linear`."""
-  return ([f.name for f in config.features] +
-          [bucket_name(f.name) for f in config.numeric_features if f.buckets] +
-          [name for f in config.numeric_features for name in piece_names(f)])
+  return [f.name for f in config.features] + _bucket_inputs(config) + _piece_inputs(config)
 
 
 def vocabulary_name(feature_name: str) -> str:
@@ -82,8 +88,17 @@ def transform_categorical(values: tf.Tensor, feature: FeatureConfig) -> tf.Tenso
       vocab_filename=vocabulary_name(feature.name))
 
 
-def transform_numeric(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
-  """The feature clamped to the range seen in the analysed (train) data, then scaled.
+def analysed_range(values: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(tft.min, tft.max) of a numeric feature's values: computed once per feature and shared by
+  its clamping and its piecewise-linear edges (tf.Transform does not merge equal analyzers)."""
+  values = tf.cast(_dense(values), tf.float32)
+  return tft.min(values), tft.max(values)
+
+
+def transform_numeric(values: tf.Tensor, feature: FeatureConfig,
+                      value_range: Tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+  """The feature clamped to `value_range` (`analysed_range`: the range seen in the analysed,
+  train, data), then scaled.
 
   Clamping changes nothing on the data analysed; a served request far outside it (a price of
   1e30) gets the prediction of the nearest value training saw, instead of a scaled input
@@ -93,7 +108,7 @@ def transform_numeric(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
   second pass over the data, and these all run in the same one.
   """
   values = tf.cast(_dense(values), tf.float32)
-  clamped = tf.clip_by_value(values, tft.min(values), tft.max(values))
+  clamped = tf.clip_by_value(values, *value_range)
   if feature.scaling == 'log':
     return _z_score(tf.math.log1p(tf.maximum(clamped, 0.0)),
                     tf.math.log1p(tf.maximum(values, 0.0)))
@@ -118,19 +133,20 @@ def transform_buckets(values: tf.Tensor, feature: FeatureConfig) -> tf.Tensor:
   return tft.bucketize(tf.cast(_dense(values), tf.float32), num_buckets=feature.buckets)
 
 
-def transform_piecewise_linear(values: tf.Tensor, feature: FeatureConfig) -> List[tf.Tensor]:
+def transform_piecewise_linear(values: tf.Tensor, feature: FeatureConfig,
+                               value_range: Tuple[tf.Tensor, tf.Tensor]) -> List[tf.Tensor]:
   """The value's piecewise-linear encoding over `piecewise_linear` quantile bins of the
   analysed (train) data (Gorishniy, Rubachev & Babenko 2022, PLE): bin t = [l_t, r_t] gives
   0 below l_t, 1 above r_t and (x - l_t) / (r_t - l_t) inside, so the bins up to the value's
   are 1 and the rest 0, with the value's position in its own bin in between. The outer edges
-  are the data's min and max. Quantiles can coincide (a value held by many rows, such as
+  are `value_range` (`analysed_range`: the data's min and max). Quantiles can coincide (a value held by many rows, such as
   capital gains of 0): such a bin has no width and gives 1 from its edge on. A value outside
   the analysed range is encoded as the range's nearest end (as `transform_numeric` clamps).
   Returns one tensor per bin."""
   values = tf.cast(_dense(values), tf.float32)
   inner = tft.quantiles(values, feature.piecewise_linear,
                         epsilon=min(1.0 / feature.piecewise_linear, 0.01))  # [1, bins - 1]
-  low, high = tft.min(values), tft.max(values)
+  low, high = value_range
   edges = tf.concat([tf.reshape(low, [1]), tf.reshape(inner, [-1]), tf.reshape(high, [1])],
                     axis=0)
   left, right = edges[tf.newaxis, :-1], edges[tf.newaxis, 1:]
@@ -138,6 +154,7 @@ def transform_piecewise_linear(values: tf.Tensor, feature: FeatureConfig) -> Lis
   width = right - left
   inside = tf.clip_by_value((x - left) / tf.where(width > 0, width, 1.0), 0.0, 1.0)
   encoded = tf.where(width > 0, inside, tf.cast(x >= right, tf.float32))
+  # The reshape gives unstack the bin count the quantiles' shape does not carry statically.
   return tf.unstack(tf.reshape(encoded, [-1, feature.piecewise_linear]), axis=1)
 
 
@@ -146,11 +163,10 @@ def transformed_layout(config: PipelineConfig) -> Dict[str, Tuple[str, int]]:
   Quantile buckets are integer ids, after the categorical features; piecewise-linear bins
   are floats, after the numeric features."""
   layout = {}
-  buckets = [bucket_name(f.name) for f in config.numeric_features if f.buckets]
-  pieces = [name for f in config.numeric_features for name in piece_names(f)]
   for column, names in ((CATEGORICAL_COLUMN,
-                         [f.name for f in config.categorical_features] + buckets),
-                        (NUMERIC_COLUMN, [f.name for f in config.numeric_features] + pieces),
+                         [f.name for f in config.categorical_features] + _bucket_inputs(config)),
+                        (NUMERIC_COLUMN,
+                         [f.name for f in config.numeric_features] + _piece_inputs(config)),
                         (LABEL_COLUMN, [t.label for t in config.tasks])):
     layout.update({name: (column, index) for index, name in enumerate(names)})
   return layout
@@ -175,12 +191,13 @@ def build_preprocessing_fn(config: PipelineConfig):
       if feature.type == 'categorical':
         values[feature.name] = transform_categorical(inputs[feature.name], feature)
       else:
-        values[feature.name] = transform_numeric(inputs[feature.name], feature)
+        value_range = analysed_range(inputs[feature.name])
+        values[feature.name] = transform_numeric(inputs[feature.name], feature, value_range)
         if feature.buckets:
           values[bucket_name(feature.name)] = transform_buckets(inputs[feature.name], feature)
         if feature.piecewise_linear:
-          values.update(zip(piece_names(feature),
-                            transform_piecewise_linear(inputs[feature.name], feature)))
+          values.update(zip(piece_names(feature), transform_piecewise_linear(
+              inputs[feature.name], feature, value_range)))
     for task in config.tasks:
       values[task.label] = tf.cast(_dense(inputs[task.label]), tf.float32)
     columns: Dict[str, list] = {}
