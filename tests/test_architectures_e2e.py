@@ -156,6 +156,11 @@ def test_served_model_with_price_buckets_serves_both_signatures(runs):
   names = {layer.name for layer in network.layers}
   assert {'item_price_periodic', 'item_price_piecewise_linear', 'embedding_dropout',
           'cross_0'} <= names, sorted(names)
+  # and serve-check (warmup requests, gRPC and REST against the Evaluator's predictions, NaN
+  # refused) passes on this pushed version as on the default model
+  from pipeline.serve_check import serve_check  # pylint: disable=g-import-not-at-top
+  report = serve_check(summary['push']['path'])
+  assert report['ok'], report
 
 
 def test_served_esmm_returns_ctr_cvr_ctcvr(runs):
