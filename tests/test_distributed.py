@@ -166,7 +166,14 @@ def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(training):
   """SGD (unlike Adam, sensitive to the gradient's scale) on 2 replicas, each with half of
   every global batch, ends at the same weights as 1 replica: the loss is scaled by 1/replicas
   and the gradients are summed exactly once per step. The logged losses and sigmas are the
-  global values, not their sum over the replicas."""
+  global values, not their sum over the replicas.
+
+  Two replicas sum each step's gradients in another order than one, and a CPU's kernels may
+  round a batch of 32 rows differently from one of 64 (CPUs differ in this), so the runs agree
+  up to float32 rounding as 3 steps at learning rate 0.1 amplify it (a ReLU input that rounds
+  to the other side of 0 changes a step by one row's share): a few 1e-4 of `moved` at most.
+  Summing the replicas' gradients twice, or keeping each replica's own, misses by a sizeable
+  fraction of `moved`."""
   completed = subprocess.run(
       [sys.executable, '-c', _AGGREGATION_SCRIPT.format(repo=REPO, training=repr(training))],
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True, text=True,
@@ -175,11 +182,11 @@ def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(training):
   result = json.loads(completed.stdout.strip().splitlines()[-1])
   assert result['same_start'] == 0.0
   assert result['moved'] > 1e-2  # the steps did something
-  assert result['difference'] < 1e-5, result  # 2x (loss not scaled) would be ~moved
+  assert result['difference'] < 1e-3 * result['moved'], result  # 2x would be ~moved
   if training.get('loss_weighting') == 'gradnorm':
     assert result['history_one']['click_weight'] != [1.0]  # the weights did move
   for key in ('loss', 'click_loss', 'dwell_loss', 'click_sigma', 'dwell_weight'):
-    assert result['history_two'][key] == pytest.approx(result['history_one'][key], rel=1e-5)
+    assert result['history_two'][key] == pytest.approx(result['history_one'][key], rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
