@@ -16,6 +16,14 @@ executor lists such metrics, with the reason, in `undefined_metrics.json` (and t
 read an undefined metric is not blessed (that task could not be evaluated), whatever TFMA's
 validation said about the number it made up.
 
+Slices (`evaluation.slices`): TFMA computes every metric per slice for both models; the task
+thresholds apply to the whole eval set only. The executor writes `slices.json`: per slice and
+task, the eval example count and each metric that has a max_regression, new against served.
+With `slice_gate_min_examples`, a slice holding at least that many examples that regresses
+beyond the task's max_regression makes the model NOT blessed, naming the slice
+(`slice_failures` property); smaller slices, and metrics a slice leaves undefined, are only
+reported.
+
 The evaluation artifact records which version was the baseline (`baseline_version`,
 `baseline_path`), and `sample_predictions.json`: a few eval examples (serialized) with the
 predictions TFMA's PredictionsExtractor made for them. The Pusher turns these into TF Serving
@@ -30,7 +38,7 @@ import os
 import math
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -61,26 +69,47 @@ SAMPLE_PREDICTIONS_FILE = 'sample_predictions.json'
 BASELINE_VERSION_PROPERTY = 'baseline_version'
 BASELINE_PATH_PROPERTY = 'baseline_path'
 UNDEFINED_METRICS_FILE = 'undefined_metrics.json'
+SLICES_FILE = 'slices.json'
+SLICE_FAILURES_PROPERTY = 'slice_failures'
+SLICE_GATE_MIN_EXAMPLES_KEY = 'slice_gate_min_examples'
 UNDEFINED_METRICS_PROPERTY = 'undefined_metrics'
 NOT_EVALUATED_PROPERTY = 'not_evaluated'
 CANDIDATE, BASELINE = 'candidate', 'baseline'
 
 
-def metric_values(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
-  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice, as
-  TFMA wrote them (NaN included). Without a baseline TFMA leaves the model name empty; that is
-  the candidate."""
-  values: Dict[str, Dict[str, Dict[str, float]]] = {CANDIDATE: {}, BASELINE: {}}
+OVERALL = ''  # the overall slice's name in `sliced_metric_values`
+
+
+def slice_name(slice_key: Any) -> str:
+  """'device=web', 'device=web, hour=3' for a TFMA SliceKey proto; '' for the overall slice."""
+  parts = []
+  for key in slice_key.single_slice_keys:
+    kind = key.WhichOneof('kind')
+    value = getattr(key, kind)
+    parts.append(f'{key.column}={value.decode() if isinstance(value, bytes) else value}')
+  return ', '.join(parts)
+
+
+def sliced_metric_values(evaluation_uri: str
+                         ) -> Dict[str, Dict[str, Dict[str, Dict[str, float]]]]:
+  """{slice name: {'candidate' | 'baseline': {output name: {metric name: value}}}}, as TFMA
+  wrote them (NaN included); the overall slice is `OVERALL`. Without a baseline TFMA leaves the
+  model name empty; that is the candidate."""
+  values: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}
   for per_slice in tfma.load_metrics(evaluation_uri):
-    if per_slice.slice_key.single_slice_keys:
-      continue
+    models = values.setdefault(slice_name(per_slice.slice_key), {CANDIDATE: {}, BASELINE: {}})
     for kv in per_slice.metric_keys_and_values:
       if kv.key.is_diff or not kv.value.HasField('double_value'):
         continue
       model = BASELINE if kv.key.model_name == BASELINE else CANDIDATE
-      values[model].setdefault(kv.key.output_name, {})[kv.key.name] = (
+      models[model].setdefault(kv.key.output_name, {})[kv.key.name] = (
           kv.value.double_value.value)
   return values
+
+
+def metric_values(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice."""
+  return sliced_metric_values(evaluation_uri).get(OVERALL, {CANDIDATE: {}, BASELINE: {}})
 
 
 def undefined_metrics(values: Mapping[str, Mapping[str, float]]
@@ -122,6 +151,15 @@ def read_undefined_metrics(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str,
     return json.load(f)
 
 
+def overall_threshold(metric: tfma.MetricConfig) -> tfma.MetricThreshold:
+  """The metric's threshold on the overall slice (the pipeline sets it as a per-slice threshold
+  on the overall slice; a plain `threshold` applies to every slice, the overall one included)."""
+  for per_slice in metric.per_slice_thresholds:
+    if any(spec == tfma.SlicingSpec() for spec in per_slice.slicing_specs):
+      return per_slice.threshold
+  return metric.threshold
+
+
 def gated_metrics(eval_config: tfma.EvalConfig, has_baseline: bool
                   ) -> Dict[str, Dict[str, List[str]]]:
   """{output: {metric: ['threshold' and/or 'vs_served']}}: the checks that decide the
@@ -129,10 +167,11 @@ def gated_metrics(eval_config: tfma.EvalConfig, has_baseline: bool
   gated: Dict[str, Dict[str, List[str]]] = {}
   for spec in eval_config.metrics_specs:
     for metric in spec.metrics:
+      threshold = overall_threshold(metric)
       checks = []
-      if metric.threshold.HasField('value_threshold'):
+      if threshold.HasField('value_threshold'):
         checks.append('threshold')
-      if has_baseline and metric.threshold.HasField('change_threshold'):
+      if has_baseline and threshold.HasField('change_threshold'):
         checks.append('vs_served')
       if not checks:
         continue
@@ -140,6 +179,73 @@ def gated_metrics(eval_config: tfma.EvalConfig, has_baseline: bool
       for output in spec.output_names:
         gated.setdefault(output, {})[name] = checks
   return gated
+
+
+def _change_passes(change: tfma.GenericChangeThreshold, value: float, baseline: float) -> bool:
+  """TFMA's reading of a change threshold (tensorflow_model_analysis/evaluators/
+  metrics_validator.py): candidate minus baseline, and that difference relative to the
+  baseline (no ratio, so a failure, when the baseline is 0), each no worse than the bound in
+  its direction."""
+  higher = change.direction == tfma.MetricDirection.HIGHER_IS_BETTER
+  diff = value - baseline
+  checks = []
+  if change.HasField('absolute'):
+    checks.append((diff, change.absolute.value))
+  if change.HasField('relative'):
+    checks.append((math.nan if math.isclose(baseline, 0.0) else diff / baseline,
+                   change.relative.value))
+  return all(d >= bound if higher else d <= bound for d, bound in checks)
+
+
+def _finite_or_none(value: Optional[float]) -> Optional[float]:
+  return value if value is not None and math.isfinite(value) else None
+
+
+def judge_slices(sliced: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
+                 eval_config: tfma.EvalConfig, min_examples: int) -> Dict[str, Any]:
+  """{slice: {output: {'example_count', 'gated', 'checks': {metric: {'value',
+  'baseline_value', 'passed' | 'undefined'}}}}} for every slice but the overall one, and the
+  lines naming each failed check ('failures'). A slice is gated when the served model was
+  evaluated (baseline values present), `min_examples` > 0 and it holds at least that many eval
+  examples; its metrics are held to the overall slice's change thresholds (the task's
+  max_regression). An undefined metric on a slice (one class of labels) is not gated."""
+  changes: Dict[str, Dict[str, tfma.GenericChangeThreshold]] = {}
+  for spec in eval_config.metrics_specs:
+    for metric in spec.metrics:
+      threshold = overall_threshold(metric)
+      if threshold.HasField('change_threshold'):
+        for output in spec.output_names:
+          changes.setdefault(output, {})[metric_specs.metric_instance(metric).name] = (
+              threshold.change_threshold)
+  slices: Dict[str, Any] = {}
+  failures: List[str] = []
+  for name in sorted(n for n in sliced if n != OVERALL):
+    models = sliced[name]
+    undefined = {model: undefined_metrics(models.get(model, {})) for model in (CANDIDATE,
+                                                                               BASELINE)}
+    for output, values in sorted(models.get(CANDIDATE, {}).items()):
+      served = models.get(BASELINE, {}).get(output, {})
+      count = int(values.get('example_count', 0))
+      gated = bool(served) and min_examples > 0 and count >= min_examples
+      checks = {}
+      for metric, change in sorted(changes.get(output, {}).items()):
+        check: Dict[str, Any] = {'value': _finite_or_none(values.get(metric)),
+                                 'baseline_value': _finite_or_none(served.get(metric))}
+        reason = (undefined[CANDIDATE].get(output, {}).get(metric) or
+                  undefined[BASELINE].get(output, {}).get(metric))
+        if reason or metric not in values or metric not in served:
+          check['undefined'] = reason or 'not computed'
+        elif gated:
+          check['passed'] = _change_passes(change, values[metric], served[metric])
+          if not check['passed']:
+            failures.append(
+                f'{output} on slice {name} ({count} eval examples): {metric} changed by '
+                f'{values[metric] - served[metric]:+.4f} against the served model '
+                f'({served[metric]:.4f}), more than its max_regression allows')
+        checks[metric] = check
+      slices.setdefault(name, {})[output] = {'example_count': count, 'gated': gated,
+                                             'checks': checks}
+  return {'slices': slices, 'failures': failures}
 
 
 def not_evaluated(undefined: Mapping[str, Mapping[str, Mapping[str, str]]],
@@ -166,7 +272,10 @@ class ServedBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):
       # Empty: no comparison with a served model.
       **{PUSH_DIR_KEY: component_spec.ExecutionParameter(type=str),
          MODEL_NAME_KEY: component_spec.ExecutionParameter(type=str),
-         SAMPLE_EXAMPLES_KEY: component_spec.ExecutionParameter(type=int)})
+         SAMPLE_EXAMPLES_KEY: component_spec.ExecutionParameter(type=int),
+         # 0: slices are reported, not gated.
+         SLICE_GATE_MIN_EXAMPLES_KEY: component_spec.ExecutionParameter(type=int,
+                                                                        optional=True)})
 
 
 def read_sample_predictions(evaluation_uri: str) -> Dict[str, Any]:
@@ -219,6 +328,7 @@ class Executor(evaluator_executor.Executor):
         shutil.rmtree(temp_dir, ignore_errors=True)
     self._judge_undefined_metrics(evaluation, blessing, exec_properties,
                                   has_baseline=version is not None)
+    self._judge_slices(evaluation, blessing, exec_properties)
     baseline_id_key = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
     if version is not None and baseline_id_key in blessing.mlmd_artifact.custom_properties:
       # TFX records the baseline's ML Metadata id, and its Kubeflow entrypoint turns ids into
@@ -246,17 +356,22 @@ class Executor(evaluator_executor.Executor):
     proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
                               eval_config)
     lines = not_evaluated(undefined, gated_metrics(eval_config, has_baseline))
-    if not lines:
-      return
-    blessing.set_string_custom_property(NOT_EVALUATED_PROPERTY, json.dumps(lines))
-    blessed_file = os.path.join(blessing.uri, evaluator_constants.BLESSED_FILE_NAME)
-    if tf.io.gfile.exists(blessed_file):
-      tf.io.gfile.remove(blessed_file)
-    with tf.io.gfile.GFile(os.path.join(blessing.uri,
-                                        evaluator_constants.NOT_BLESSED_FILE_NAME), 'w') as f:
-      f.write('')
-    blessing.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
-                                     evaluator_constants.NOT_BLESSED_VALUE)
+    if lines:
+      _not_blessed(blessing, NOT_EVALUATED_PROPERTY, lines)
+
+  def _judge_slices(self, evaluation: types.Artifact, blessing: types.Artifact,
+                    exec_properties: Dict[str, Any]) -> None:
+    """Writes `slices.json` (judge_slices); a slice that regresses beyond its task's
+    max_regression makes the model NOT blessed, naming the slice (`slice_failures`)."""
+    eval_config = tfma.EvalConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
+                              eval_config)
+    judged = judge_slices(sliced_metric_values(evaluation.uri), eval_config,
+                          int(exec_properties.get(SLICE_GATE_MIN_EXAMPLES_KEY) or 0))
+    with tf.io.gfile.GFile(os.path.join(evaluation.uri, SLICES_FILE), 'w') as f:
+      json.dump(judged, f, indent=2, sort_keys=True, allow_nan=False)
+    if judged['failures']:
+      _not_blessed(blessing, SLICE_FAILURES_PROPERTY, judged['failures'])
 
   def _write_sample_predictions(self, input_dict: Dict[str, List[Any]],
                                 exec_properties: Dict[str, Any], output_uri: str,
@@ -293,6 +408,28 @@ class Executor(evaluator_executor.Executor):
            | 'Write' >> beam.Map(_write_predictions, output_path))
 
 
+def _not_blessed(blessing: types.Artifact, reason_property: str, lines: List[str]) -> None:
+  """Turns the blessing into NOT blessed (whatever TFMA decided), with the reasons."""
+  blessing.set_string_custom_property(reason_property, json.dumps(lines))
+  blessed_file = os.path.join(blessing.uri, evaluator_constants.BLESSED_FILE_NAME)
+  if tf.io.gfile.exists(blessed_file):
+    tf.io.gfile.remove(blessed_file)
+  with tf.io.gfile.GFile(os.path.join(blessing.uri,
+                                      evaluator_constants.NOT_BLESSED_FILE_NAME), 'w') as f:
+    f.write('')
+  blessing.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                   evaluator_constants.NOT_BLESSED_VALUE)
+
+
+def read_slices(evaluation_uri: str) -> Dict[str, Any]:
+  """What `judge_slices` wrote; empty for an evaluation written before the file existed."""
+  path = os.path.join(evaluation_uri, SLICES_FILE)
+  if not tf.io.gfile.exists(path):
+    return {'slices': {}, 'failures': []}
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
 def _write_predictions(extracts: List[Dict[str, Any]], path: str) -> None:
   examples, predictions = [], {}
   for extract in extracts:
@@ -313,8 +450,9 @@ class ServedBaselineEvaluator(Evaluator):
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
   def __init__(self, examples, model, eval_config: tfma.EvalConfig, push_dir: str,
-               model_name: str, sample_examples: int = 16):
-    """`push_dir` empty: no comparison with a served model (absolute thresholds only)."""
+               model_name: str, sample_examples: int = 16, slice_gate_min_examples: int = 0):
+    """`push_dir` empty: no comparison with a served model (absolute thresholds only).
+    `slice_gate_min_examples` 0: slices are reported, not gated."""
     spec = ServedBaselineEvaluatorSpec(
         examples=examples,
         model=model,
@@ -324,7 +462,8 @@ class ServedBaselineEvaluator(Evaluator):
         evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
         blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         **{PUSH_DIR_KEY: push_dir, MODEL_NAME_KEY: model_name,
-           SAMPLE_EXAMPLES_KEY: sample_examples})
+           SAMPLE_EXAMPLES_KEY: sample_examples,
+           SLICE_GATE_MIN_EXAMPLES_KEY: slice_gate_min_examples})
     # Skip Evaluator.__init__ (it builds its own spec); keep its class for the interface.
     base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
 

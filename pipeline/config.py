@@ -218,6 +218,17 @@ class ServingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+  # Every task's metrics are also computed per value of each of these categorical features, or
+  # per pair of values of two features (a cross, given as a list of two names).
+  slices: Sequence[Tuple[str, ...]] = ()
+  # With a served model: a slice with at least this many eval examples must not regress on any
+  # metric with a max_regression by more than the task allows overall. None: slices are
+  # reported, never gated.
+  slice_gate_min_examples: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class BeamConfig:
   """How Beam-based components (ExampleGen, StatisticsGen, Transform, Evaluator) execute."""
   runner: str = 'direct'
@@ -274,6 +285,7 @@ class PipelineConfig:
   model: ModelConfig = ModelConfig()
   training: TrainingConfig = TrainingConfig()
   serving: ServingConfig = ServingConfig()
+  evaluation: EvaluationConfig = EvaluationConfig()
   beam: BeamConfig = BeamConfig()
   kubeflow: KubeflowConfig = KubeflowConfig()
 
@@ -688,6 +700,45 @@ def _parse_serving_field(key: str, value: Any, path: str) -> Any:
   raise AssertionError(key)
 
 
+def _parse_evaluation_field(key: str, value: Any, path: str) -> Any:
+  if key == 'slices':
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f'{path}: expected a list of feature names or [feature, feature] '
+                        f'crosses, got {value!r}')
+    slices = []
+    for i, entry in enumerate(value):
+      names = [entry] if isinstance(entry, str) else entry
+      if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= 2:
+        raise ConfigError(f'{path}[{i}]: expected a feature name or a list of two, got '
+                          f'{entry!r}')
+      slices.append(tuple(_name(n, f'{path}[{i}]' + (f'[{j}]' if len(names) > 1 else ''))
+                          for j, n in enumerate(names)))
+    return tuple(slices)
+  if key == 'slice_gate_min_examples':
+    return None if value is None else _number(value, path, int, minimum=1)
+  raise AssertionError(key)
+
+
+def _check_evaluation(evaluation: EvaluationConfig, features: Sequence[FeatureConfig]) -> None:
+  """Slices are by categorical features, each slicing (or cross) listed once."""
+  types = {f.name: f.type for f in features}
+  seen = set()
+  for i, names in enumerate(evaluation.slices):
+    for j, name in enumerate(names):
+      path = f'evaluation.slices[{i}]' + (f'[{j}]' if len(names) > 1 else '')
+      if name not in types:
+        raise ConfigError(f'{path}: {name!r} is not a feature; slices are by categorical '
+                          f'features ({", ".join(n for n, t in types.items() if t == "categorical")})')
+      if types[name] != 'categorical':
+        raise ConfigError(f'{path}: {name!r} is a numeric feature; slices are by categorical '
+                          'features (a slice per distinct number would be one per example)')
+    if len(set(names)) != len(names):
+      raise ConfigError(f'evaluation.slices[{i}]: a cross of {names[0]!r} with itself')
+    if frozenset(names) in seen:
+      raise ConfigError(f'evaluation.slices[{i}]: {list(names)!r} is listed twice')
+    seen.add(frozenset(names))
+
+
 def _optional_string(value: Any, path: str) -> Optional[str]:
   if value is None:
     return None
@@ -912,6 +963,8 @@ def parse_config(raw: Any) -> PipelineConfig:
   _check_beam(beam)
   model = _section(raw, 'model', ModelConfig, _parse_model_field)
   _check_model(model, tasks)
+  evaluation = _section(raw, 'evaluation', EvaluationConfig, _parse_evaluation_field)
+  _check_evaluation(evaluation, features)
   return PipelineConfig(
       name=name,
       data=data,
@@ -921,6 +974,7 @@ def parse_config(raw: Any) -> PipelineConfig:
       training=_checked_training(_section(raw, 'training', TrainingConfig,
                                           _parse_training_field), tasks),
       serving=_section(raw, 'serving', ServingConfig, _parse_serving_field),
+      evaluation=evaluation,
       beam=beam,
       kubeflow=_section(raw, 'kubeflow', KubeflowConfig, _parse_kubeflow_field),
   )

@@ -80,10 +80,14 @@ def change_threshold(metric: str, tolerance) -> tfma.GenericChangeThreshold:
 
 
 def _metric_config(name: str, task: TaskConfig) -> tfma.MetricConfig:
+  """The metric with the task's threshold and max_regression on the overall slice only (a
+  MetricConfig's plain `threshold` would apply to every slice, however small); slices are
+  gated by the Evaluator (`evaluation.slice_gate_min_examples`)."""
   metric = tfma.MetricConfig(class_name=METRIC_CLASSES[name])
+  threshold = tfma.MetricThreshold()
   bounds = task.thresholds.get(name)
   if bounds is not None:
-    value_threshold = metric.threshold.value_threshold
+    value_threshold = threshold.value_threshold
     if bounds.min is not None:
       value_threshold.lower_bound.value = bounds.min
     if bounds.max is not None:
@@ -91,7 +95,9 @@ def _metric_config(name: str, task: TaskConfig) -> tfma.MetricConfig:
   tolerance = regression_tolerances(task).get(name)
   if tolerance is not None:
     # Without a served model TFX "rubber-stamps": change thresholds are dropped.
-    metric.threshold.change_threshold.CopyFrom(change_threshold(name, tolerance))
+    threshold.change_threshold.CopyFrom(change_threshold(name, tolerance))
+  if threshold.ByteSize():
+    metric.per_slice_thresholds.add(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)
   return metric
 
 
@@ -106,13 +112,17 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   TFMA loads the SavedModel with `tf.saved_model.load` and calls `serving_default`, instead of
   loading it as a Keras model three more times (to detect the type, to look for compiled
   metrics - the Trainer compiles none - and for inference); the predictions are the same.
+
+  Slices (`evaluation.slices`) are computed for every metric; thresholds apply to the overall
+  slice.
   """
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=SERVING_SIGNATURE,
           model_type=tfma.TF_GENERIC,
           label_keys=output_labels(config))],
-      slicing_specs=[tfma.SlicingSpec()],
+      slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(names))
+                                             for names in config.evaluation.slices],
       metrics_specs=[
           tfma.MetricsSpec(
               output_names=[task.name],
@@ -203,7 +213,9 @@ def create_pipeline(
       eval_config=build_eval_config(config),
       push_dir=config.serving.push_dir if config.serving.compare_with_served else '',
       model_name=config.serving.model_name,
-      sample_examples=config.serving.warmup_examples).with_id('Evaluator')
+      sample_examples=config.serving.warmup_examples,
+      slice_gate_min_examples=config.evaluation.slice_gate_min_examples or 0
+  ).with_id('Evaluator')
   pusher = ServingPusher(
       model=trainer.outputs['model'],
       model_blessing=evaluator.outputs['blessing'],

@@ -184,6 +184,27 @@ def _task_rows(summary: Dict[str, Any]) -> str:
   return '\n'.join(rows)
 
 
+def _slice_rows(summary: Dict[str, Any]) -> str:
+  """One row per task and slice: eval examples, each gated metric (else AUC or RMSE) next to
+  the served model's, and the gate's verdict."""
+  rows = []
+  for name, task in summary.get('tasks', {}).items():
+    shown = list(task.get('vs_served', {})) or [
+        m for m in ('auc', 'root_mean_squared_error') if m in task.get('metrics', {})]
+    for row in task.get('slices', []):
+      values = '<br>'.join(
+          f'{html.escape(m)} {_fmt(row["metrics"].get(m))}'
+          + (f' (served {_fmt(row["baseline_metrics"].get(m))})'
+             if row['baseline_metrics'] else '')
+          + (f' undefined: {html.escape(row["undefined"][m])}' if m in row['undefined'] else '')
+          for m in shown)
+      rows.append(f'<tr><td>{html.escape(name)}</td><td>{html.escape(row["slice"])}</td>'
+                  f'<td class="num">{_fmt(row["example_count"])}</td><td>{values}</td>'
+                  f'<td>{"gated" if row["gated"] else "reported"}</td>'
+                  f'{_verdict(row["passed"])}</tr>')
+  return '\n'.join(rows)
+
+
 def _table(headers: List[str], rows: List[List[Any]]) -> str:
   head = ''.join(f'<th>{html.escape(h)}</th>' for h in headers)
   body = '\n'.join('<tr>' + ''.join(f'<td>{_fmt(c)}</td>' for c in row) + '</tr>'
@@ -233,6 +254,11 @@ def render(summary: Dict[str, Any], images: Dict[str, Any]) -> str:
       '<table><tr><th>task</th><th>metric</th><th>check</th><th>value</th><th>rule</th>'
       '<th>result</th></tr>', _task_rows(summary), '</table>',
   ]
+  slices = _slice_rows(summary)
+  if slices:
+    parts += ['<h2>Slices</h2>',
+              '<table><tr><th>task</th><th>slice</th><th>eval examples</th><th>metrics</th>'
+              '<th>check</th><th>result</th></tr>', slices, '</table>']
   learned = [[name, t.get('sigma'), t.get('loss_weight')]
              for name, t in summary.get('tasks', {}).items()]
   parts += ['<h2>Learned uncertainty and loss weights</h2>',

@@ -24,7 +24,9 @@ from tfx.types import standard_artifacts
 
 from components.log_example_gen import read_counts
 from components.served_baseline_evaluator import (BASELINE, CANDIDATE, NOT_EVALUATED_PROPERTY,
-                                                  metric_values, read_undefined_metrics)
+                                                  OVERALL, SLICE_FAILURES_PROPERTY,
+                                                  read_slices, read_undefined_metrics,
+                                                  sliced_metric_values)
 from components.serving_pusher import PUSH_RECORD_FILE
 from pipeline.config import PipelineConfig, regression_tolerances
 from trainer.run import TRAINING_SUMMARY_FILE
@@ -102,17 +104,48 @@ def _split_counts(statistics: metadata_store_pb2.Artifact) -> Dict[str, int]:
   return counts
 
 
-def _eval_metrics(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
-  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice;
-  a metric the eval set leaves undefined (served_baseline_evaluator.undefined_metrics) is None,
-  never the number TFMA made up (AUC 0 on one class, NaN)."""
-  values = metric_values(evaluation_uri)
+def _eval_metrics(evaluation_uri: str
+                  ) -> Dict[str, Dict[str, Dict[str, Dict[str, Optional[float]]]]]:
+  """{slice: {'candidate' | 'baseline': {output name: {metric name: value}}}}, the overall
+  slice `OVERALL`; a metric the eval set leaves undefined on the overall slice
+  (served_baseline_evaluator.undefined_metrics) is None, never the number TFMA made up (AUC 0
+  on one class, NaN); on the other slices, non-finite values are None (`slices.json` says which
+  are undefined and why)."""
+  sliced = sliced_metric_values(evaluation_uri)
+  sliced.setdefault(OVERALL, {CANDIDATE: {}, BASELINE: {}})
   undefined = read_undefined_metrics(evaluation_uri)
-  return {model: {output: {name: None if name in undefined.get(model, {}).get(output, {})
-                           or not math.isfinite(value) else value
-                           for name, value in metrics.items()}
-                  for output, metrics in outputs.items()}
-          for model, outputs in values.items()}
+  return {name: {model: {output: {
+      metric: None if (name == OVERALL and metric in undefined.get(model, {}).get(output, {}))
+      or not math.isfinite(value) else value for metric, value in metrics.items()}
+                         for output, metrics in outputs.items()}
+                 for model, outputs in values.items()}
+          for name, values in sliced.items()}
+
+
+def _task_slices(task: str, sliced: Dict[str, Any], judged: Dict[str, Any]
+                 ) -> List[Dict[str, Any]]:
+  """Each slice of the task: its eval example count, metrics next to the served model's, and
+  whether it was gated and passed (the Evaluator's `slices.json`)."""
+  rows = []
+  for name in sorted(n for n in sliced if n != OVERALL):
+    values = sliced[name]
+    if task not in values[CANDIDATE]:
+      continue
+    judgement = judged.get(name, {}).get(task, {})
+    checks = judgement.get('checks', {})
+    rows.append({
+        'slice': name,
+        'example_count': judgement.get('example_count',
+                                       values[CANDIDATE][task].get('example_count')),
+        'metrics': values[CANDIDATE][task],
+        'baseline_metrics': values[BASELINE].get(task, {}),
+        'gated': bool(judgement.get('gated')),
+        'passed': (all(c.get('passed', True) for c in checks.values())
+                   if judgement.get('gated') else None),
+        'failed': sorted(m for m, c in checks.items() if c.get('passed') is False),
+        'undefined': {m: c['undefined'] for m, c in checks.items() if 'undefined' in c},
+    })
+  return rows
 
 
 def _failed_thresholds(evaluation_uri: str) -> List[Dict[str, Any]]:
@@ -168,9 +201,10 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
         training = json.load(f)
 
   evaluation = _output(nodes.get('Evaluator'), 'evaluation')
-  all_metrics = (_eval_metrics(evaluation.uri) if evaluation is not None
-                 else {'candidate': {}, 'baseline': {}})
-  metrics, baseline = all_metrics['candidate'], all_metrics['baseline']
+  sliced = (_eval_metrics(evaluation.uri) if evaluation is not None
+            else {OVERALL: {CANDIDATE: {}, BASELINE: {}}})
+  metrics, baseline = sliced[OVERALL][CANDIDATE], sliced[OVERALL][BASELINE]
+  judged_slices = (read_slices(evaluation.uri)['slices'] if evaluation is not None else {})
   undefined = (read_undefined_metrics(evaluation.uri) if evaluation is not None
                else {CANDIDATE: {}, BASELINE: {}})
   blessing = _output(nodes.get('Evaluator'), 'blessing')
@@ -224,6 +258,7 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
         'thresholds': thresholds,
         'vs_served': vs_served,
         'failed_checks': sorted(f'{check}:{metric}' for metric, check in failed),
+        'slices': _task_slices(task.name, sliced, judged_slices),
         'sigma': learned.get('sigma'),
         'loss_weight': learned.get('loss_weight'),
         'sigma_by_epoch': learned.get('sigma_by_epoch', []),
@@ -238,8 +273,10 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
                          if baseline_version is not None else None)
   not_evaluated = json.loads(_custom(blessing, NOT_EVALUATED_PROPERTY) or '[]'
                              ) if blessing is not None else []
+  slice_failures = json.loads(_custom(blessing, SLICE_FAILURES_PROPERTY) or '[]'
+                              ) if blessing is not None else []
   summary['not_blessed_because'] = not_evaluated + [
-      _describe_failure(f, baseline) for f in failures] if not blessed else []
+      _describe_failure(f, baseline) for f in failures] + slice_failures if not blessed else []
   if evaluation is None:
     summary['not_blessed_because'] = ['the Evaluator did not run']
 
@@ -315,6 +352,11 @@ def format_table(summary: Dict[str, Any]) -> str:
         lines.append(f'{task_name:<12} {metric:<34} '
                      f'{(f"{value:.4f}" if value is not None else "undefined"):>10} '
                      f'{"-":>16}  -')
+    for row in task.get('slices', []):
+      for metric in row['failed']:
+        lines.append(f'{task_name:<12} {(metric + " on " + row["slice"])[:34]:<34} '
+                     f'{_shown(row["metrics"].get(metric), {}):>10} '
+                     f'{"served " + _shown(row["baseline_metrics"].get(metric), {}):>16}  NO')
     if task.get('sigma') is not None:
       lines.append(f'{task_name:<12} {"learned sigma / weight":<34} {task["sigma"]:>10.4f} '
                    f'{"weight " + format(task["loss_weight"], ".4f"):>16}')

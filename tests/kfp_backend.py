@@ -53,11 +53,12 @@ LOGS_OUTPUT = 'executor-logs'
 
 
 class TaskFailed(RuntimeError):
-  """A task's command exited non-zero; carries the end of its log."""
+  """A task's command exited non-zero; carries its exit code (negative: the signal that ended
+  it) and the end of its log."""
 
-  def __init__(self, task: str, log: str):
+  def __init__(self, task: str, log: str, code: Optional[int] = None):
     tail = '\n'.join(log.strip().splitlines()[-40:])
-    super().__init__(f'task {task} failed:\n{tail}')
+    super().__init__(f'task {task} failed (exit code {code}):\n{tail}')
     self.task = task
     self.log = log
 
@@ -397,4 +398,4 @@ class Backend:
       _copy(log_path, _local_path(logs['artifacts'][0]['uri'], pod))
     if code != 0:
       with open(log_path, errors='replace') as f:
-        raise TaskFailed(label, f.read())
+        raise TaskFailed(label, f.read(), code)

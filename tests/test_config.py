@@ -93,6 +93,23 @@ def _error(raw) -> str:
      'tasks[0].max_regression.auc: -0.1 must be >= 0.0'),
     (lambda r: r['serving'].update(keep_versions=0), 'serving.keep_versions: 0 must be >= 1'),
     (lambda r: r['serving'].update(canary='yes'), "serving.canary: expected true or false"),
+    (lambda r: r.update(evaluation={'slices': ['country']}),
+     "evaluation.slices[0]: 'country' is not a feature; slices are by categorical features "
+     "(user_segment, item_id"),
+    (lambda r: r.update(evaluation={'slices': ['device', ['hour', 'item_price']]}),
+     "evaluation.slices[1][1]: 'item_price' is a numeric feature"),
+    (lambda r: r.update(evaluation={'slices': [['device', 'hour', 'item_id']]}),
+     'evaluation.slices[0]: expected a feature name or a list of two'),
+    (lambda r: r.update(evaluation={'slices': [['device', 'device']]}),
+     "evaluation.slices[0]: a cross of 'device' with itself"),
+    (lambda r: r.update(evaluation={'slices': [['device', 'hour'], ['hour', 'device']]}),
+     "evaluation.slices[1]: ['hour', 'device'] is listed twice"),
+    (lambda r: r.update(evaluation={'slices': 'device'}),
+     'evaluation.slices: expected a list of feature names'),
+    (lambda r: r.update(evaluation={'slice_gate_min_examples': 0}),
+     'evaluation.slice_gate_min_examples: 0 must be >= 1'),
+    (lambda r: r.update(evaluation={'slice_by': ['device']}),
+     'evaluation.slice_by: unknown key; allowed keys are slices, slice_gate_min_examples'),
 ])
 def test_mistakes_name_the_key(raw, mutate, expected):
   raw = copy.deepcopy(raw)
@@ -148,7 +165,7 @@ def test_every_config_key_is_documented():
               config_module.FeatureConfig, config_module.TaskConfig,
               config_module.ModelConfig, config_module.TrainingConfig,
               config_module.OptimizerConfig, config_module.EarlyStoppingConfig,
-              config_module.ServingConfig,
+              config_module.ServingConfig, config_module.EvaluationConfig,
               config_module.BeamConfig, config_module.KubeflowConfig]
   missing = [f'{cls.__name__}.{field.name}' for cls in sections
              for field in dataclasses.fields(cls) if f'`{field.name}`' not in doc]

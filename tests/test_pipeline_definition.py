@@ -4,6 +4,7 @@ import dataclasses
 import tensorflow_model_analysis as tfma
 
 from conftest import sample_config
+from components.served_baseline_evaluator import overall_threshold
 from pipeline.pipeline import build_eval_config, create_pipeline
 
 
@@ -36,10 +37,11 @@ def test_eval_config_has_one_metrics_spec_per_task_with_its_thresholds():
   specs = {tuple(s.output_names): s for s in eval_config.metrics_specs}
   assert set(specs) == {('click',), ('conversion',), ('dwell',)}
   click = {m.class_name: m for m in specs[('click',)].metrics}
-  assert click['AUC'].threshold.value_threshold.lower_bound.value == 0.6
-  assert click['Calibration'].threshold.value_threshold.upper_bound.value == 1.3
+  assert overall_threshold(click['AUC']).value_threshold.lower_bound.value == 0.6
+  assert overall_threshold(click['Calibration']).value_threshold.upper_bound.value == 1.3
   dwell = {m.class_name: m for m in specs[('dwell',)].metrics}
-  assert dwell['RootMeanSquaredError'].threshold.value_threshold.upper_bound.value == 30.0
+  assert overall_threshold(
+      dwell['RootMeanSquaredError']).value_threshold.upper_bound.value == 30.0
   assert 'AUC' not in dwell
   assert isinstance(eval_config, tfma.EvalConfig)
 
@@ -49,13 +51,28 @@ def test_eval_config_compares_each_task_with_the_served_model():
   config = sample_config()
   specs = {tuple(s.output_names): {m.class_name: m for m in s.metrics}
            for s in build_eval_config(config).metrics_specs}
-  auc = specs[('click',)]['AUC'].threshold.change_threshold
+  auc = overall_threshold(specs[('click',)]['AUC']).change_threshold
   assert auc.direction == tfma.MetricDirection.HIGHER_IS_BETTER
   assert auc.absolute.value == -0.01 and not auc.HasField('relative')
-  rmse = specs[('dwell',)]['RootMeanSquaredError'].threshold.change_threshold
+  rmse = overall_threshold(specs[('dwell',)]['RootMeanSquaredError']).change_threshold
   assert rmse.direction == tfma.MetricDirection.LOWER_IS_BETTER
   assert rmse.relative.value == 0.02 and not rmse.HasField('absolute')
-  assert not specs[('click',)]['Calibration'].threshold.HasField('change_threshold')
+  assert not overall_threshold(specs[('click',)]['Calibration']).HasField('change_threshold')
+
+
+def test_slices_are_computed_for_every_metric_and_thresholds_stay_on_the_overall_slice():
+  """TFMA applies a MetricConfig's plain `threshold` to every slice; the task's thresholds
+  are per-slice thresholds on the overall slice, so a 20-example slice cannot fail a run."""
+  config = sample_config(evaluation={'slices': ['device', ['device', 'hour']]})
+  eval_config = build_eval_config(config)
+  assert list(eval_config.slicing_specs) == [
+      tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=['device']),
+      tfma.SlicingSpec(feature_keys=['device', 'hour'])]
+  for spec in eval_config.metrics_specs:
+    for metric in spec.metrics:
+      assert not metric.HasField('threshold'), metric
+      for per_slice in metric.per_slice_thresholds:
+        assert list(per_slice.slicing_specs) == [tfma.SlicingSpec()]
 
 
 def test_ingestion_and_transform_see_only_the_data_view(tmp_path):
