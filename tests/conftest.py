@@ -81,7 +81,8 @@ def e2e_run(tmp_path_factory):
   config = sample_config(
       data={'input_base': str(logs)},
       serving={'push_dir': str(root / 'serving')},
-      training={'train_steps': 120, 'eval_steps': 40})
+      training={'train_steps': 120, 'eval_steps': 40},
+      evaluation={'slices': ['device']})
   # Small data: bless on "clearly better than chance" rather than the production thresholds.
   tasks = tuple(dataclasses.replace(t, thresholds={'auc': Threshold(min=0.55)})
                 if t.type == 'binary' else t for t in config.tasks)

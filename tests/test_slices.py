@@ -164,6 +164,20 @@ def test_slice_metrics_equal_sklearn_on_the_slice_rows(sliced_evaluation, e2e_ru
         roc_auc_score(clicks[rows], predictions[rows]), abs=2e-3), device
 
 
+def test_a_pipeline_run_reports_every_task_per_device(e2e_run):
+  """The shared run (evaluation.slices: [device], nothing served): each task's slices add up
+  to its eval set, reported, not gated."""
+  summary = e2e_run['summary']
+  for name, task in summary['tasks'].items():
+    slices = {row['slice']: row for row in task['slices']}
+    assert set(slices) == {'device=android', 'device=ios', 'device=web'}, name
+    assert sum(row['example_count'] for row in slices.values()) == (
+        task['metrics']['example_count']), name
+    for row in slices.values():
+      assert row['gated'] is False and row['passed'] is None and row['baseline_metrics'] == {}
+  assert summary['blessed']
+
+
 # ---------------------------------------------------------------------------------------------
 # The gate's rule, on given metric values.
 
