@@ -18,7 +18,8 @@ It does not validate statistics, check drift, export a SavedModel with its prepr
 compare with a served model or push: what the comparison prices is everything the pipeline
 does beyond this.
 
-Both sides run in their own process, sampled every 0.25 s for resident memory (the process
+The pipeline runs without its cache and with nothing served (a first run: the Evaluator
+evaluates the new model only). Both sides run in their own process, sampled every 0.25 s for resident memory (the process
 and its children); wall time from start to exit, imports included.
 
     .venv/bin/python benchmarks/peer.py --rows 100000 [--days 3] [--work /tmp/mtl-peer] \\
@@ -33,6 +34,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -252,6 +254,8 @@ def main() -> None:
     with open(script_out) as f:
       script.update(json.load(f))
     run_dir = os.path.join(work, 'run')
+    # A first run: nothing served, so the Evaluator evaluates the new model only.
+    shutil.rmtree(os.path.join(work, 'serving'), ignore_errors=True)
     pipeline = _measured([os.path.join(bin_dir, 'mtlp'), 'run', '--config', CONFIG,
                           '--output', run_dir, '--logs', logs, '--push-dir',
                           os.path.join(work, 'serving'), '--no-cache'], env)
