@@ -19,8 +19,9 @@ compare with a served model or push: what the comparison prices is everything th
 does beyond this.
 
 The pipeline runs without its cache and with nothing served (a first run: the Evaluator
-evaluates the new model only). Both sides run in their own process, sampled every 0.25 s for resident memory (the process
-and its children); wall time from start to exit, imports included.
+evaluates the new model only). Both sides run in their own process, sampled every 0.25 s for
+resident memory (the process and its children); wall time from start to exit, imports
+included.
 
     .venv/bin/python benchmarks/peer.py --rows 100000 [--days 3] [--work /tmp/mtl-peer] \\
         [--out benchmarks/results/peer.json]
@@ -106,7 +107,8 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
   started = time.time()
   import pipeline  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from sklearn.metrics import mean_squared_error, roc_auc_score  # pylint: disable=g-import-not-at-top
+  from sklearn.metrics import (  # pylint: disable=g-import-not-at-top
+      mean_squared_error, roc_auc_score)
   from pipeline.config import SPLIT_BUCKETS, load_config  # pylint: disable=g-import-not-at-top
   from trainer.model import MultiTaskModel  # pylint: disable=g-import-not-at-top
   from trainer.models import build_network  # pylint: disable=g-import-not-at-top
@@ -125,9 +127,8 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
 
   t0 = time.time()
   eval_buckets = round(config.data.eval_fraction * SPLIT_BUCKETS)
-  keys = {}
-  is_eval = np.array([keys.setdefault(r[config.data.split_key], _is_eval(
-      r[config.data.split_key], eval_buckets, SPLIT_BUCKETS)) for r in rows])
+  is_eval = np.array([_is_eval(r[config.data.split_key], eval_buckets, SPLIT_BUCKETS)
+                      for r in rows])
   timings['split'] = time.time() - t0
 
   t0 = time.time()
@@ -169,8 +170,8 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
   model = MultiTaskModel(build_network(config, cardinalities, label_means), config)
   model.compile(optimizer=model.group_optimizers['trunk'])
   dataset = (tf.data.Dataset.from_tensor_slices((train_features, train_labels))
-             .shuffle(65536, seed=config.training.seed).repeat().batch(config.training.batch_size, drop_remainder=True)
-             .prefetch(2))
+             .shuffle(65536, seed=config.training.seed).repeat()
+             .batch(config.training.batch_size, drop_remainder=True).prefetch(2))
   model.fit(dataset, steps_per_epoch=config.training.train_steps, epochs=1, verbose=0)
   timings['train'] = time.time() - t0
 

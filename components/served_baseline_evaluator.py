@@ -107,11 +107,6 @@ def sliced_metric_values(evaluation_uri: str
   return values
 
 
-def metric_values(evaluation_uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
-  """{'candidate' | 'baseline': {output name: {metric name: value}}} on the overall slice."""
-  return sliced_metric_values(evaluation_uri).get(OVERALL, {CANDIDATE: {}, BASELINE: {}})
-
-
 def undefined_metrics(values: Mapping[str, Mapping[str, float]]
                       ) -> Dict[str, Dict[str, str]]:
   """{output: {metric: why it is undefined}} for one model's metrics ({output: {metric:
@@ -160,23 +155,35 @@ def overall_threshold(metric: tfma.MetricConfig) -> tfma.MetricThreshold:
   return metric.threshold
 
 
+def overall_thresholds(eval_config: tfma.EvalConfig
+                       ) -> Dict[str, Dict[str, tfma.MetricThreshold]]:
+  """{output: {metric (TFMA's name: AUC -> auc): its threshold on the overall slice}} for every
+  metric that has one."""
+  thresholds: Dict[str, Dict[str, tfma.MetricThreshold]] = {}
+  for spec in eval_config.metrics_specs:
+    for metric in spec.metrics:
+      threshold = overall_threshold(metric)
+      if not threshold.ByteSize():
+        continue
+      name = metric_specs.metric_instance(metric).name
+      for output in spec.output_names:
+        thresholds.setdefault(output, {})[name] = threshold
+  return thresholds
+
+
 def gated_metrics(eval_config: tfma.EvalConfig, has_baseline: bool
                   ) -> Dict[str, Dict[str, List[str]]]:
   """{output: {metric: ['threshold' and/or 'vs_served']}}: the checks that decide the
   blessing. Change thresholds count only with a served model (TFX rubber-stamps without)."""
   gated: Dict[str, Dict[str, List[str]]] = {}
-  for spec in eval_config.metrics_specs:
-    for metric in spec.metrics:
-      threshold = overall_threshold(metric)
+  for output, thresholds in overall_thresholds(eval_config).items():
+    for name, threshold in thresholds.items():
       checks = []
       if threshold.HasField('value_threshold'):
         checks.append('threshold')
       if has_baseline and threshold.HasField('change_threshold'):
         checks.append('vs_served')
-      if not checks:
-        continue
-      name = metric_specs.metric_instance(metric).name  # TFMA's name: AUC -> auc
-      for output in spec.output_names:
+      if checks:
         gated.setdefault(output, {})[name] = checks
   return gated
 
@@ -209,14 +216,9 @@ def judge_slices(sliced: Mapping[str, Mapping[str, Mapping[str, Mapping[str, flo
   evaluated (baseline values present), `min_examples` > 0 and it holds at least that many eval
   examples; its metrics are held to the overall slice's change thresholds (the task's
   max_regression). An undefined metric on a slice (one class of labels) is not gated."""
-  changes: Dict[str, Dict[str, tfma.GenericChangeThreshold]] = {}
-  for spec in eval_config.metrics_specs:
-    for metric in spec.metrics:
-      threshold = overall_threshold(metric)
-      if threshold.HasField('change_threshold'):
-        for output in spec.output_names:
-          changes.setdefault(output, {})[metric_specs.metric_instance(metric).name] = (
-              threshold.change_threshold)
+  changes = {output: {name: t.change_threshold for name, t in thresholds.items()
+                      if t.HasField('change_threshold')}
+             for output, thresholds in overall_thresholds(eval_config).items()}
   slices: Dict[str, Any] = {}
   failures: List[str] = []
   for name in sorted(n for n in sliced if n != OVERALL):
@@ -326,9 +328,15 @@ class Executor(evaluator_executor.Executor):
     finally:
       if temp_dir:
         shutil.rmtree(temp_dir, ignore_errors=True)
-    self._judge_undefined_metrics(evaluation, blessing, exec_properties,
+    eval_config = tfma.EvalConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
+                              eval_config)
+    sliced = sliced_metric_values(evaluation.uri)
+    self._judge_undefined_metrics(evaluation, blessing, eval_config,
+                                  sliced.get(OVERALL, {CANDIDATE: {}, BASELINE: {}}),
                                   has_baseline=version is not None)
-    self._judge_slices(evaluation, blessing, exec_properties)
+    self._judge_slices(evaluation, blessing, eval_config, sliced,
+                       int(exec_properties.get(SLICE_GATE_MIN_EXAMPLES_KEY) or 0))
     baseline_id_key = evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY
     if version is not None and baseline_id_key in blessing.mlmd_artifact.custom_properties:
       # TFX records the baseline's ML Metadata id, and its Kubeflow entrypoint turns ids into
@@ -340,46 +348,42 @@ class Executor(evaluator_executor.Executor):
           evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, served_path)
     count = int(exec_properties.get(SAMPLE_EXAMPLES_KEY) or 0)
     if count:
-      self._write_sample_predictions(input_dict, exec_properties, evaluation.uri, count)
+      self._write_sample_predictions(input_dict, exec_properties, eval_config, evaluation.uri,
+                                     count)
 
   def _judge_undefined_metrics(self, evaluation: types.Artifact, blessing: types.Artifact,
-                               exec_properties: Dict[str, Any], has_baseline: bool) -> None:
-    """Writes `undefined_metrics.json`; a blessing that reads an undefined metric becomes
+                               eval_config: tfma.EvalConfig,
+                               values: Mapping[str, Mapping[str, Mapping[str, float]]],
+                               has_baseline: bool) -> None:
+    """Writes `undefined_metrics.json` from the overall slice's `values` ({'candidate' |
+    'baseline': {output: {metric: value}}}); a blessing that reads an undefined metric becomes
     NOT blessed, naming the task and the reason (`not_evaluated` property)."""
-    values = metric_values(evaluation.uri)
     undefined = {model: undefined_metrics(values[model]) for model in (CANDIDATE, BASELINE)}
     with tf.io.gfile.GFile(os.path.join(evaluation.uri, UNDEFINED_METRICS_FILE), 'w') as f:
       json.dump(undefined, f, indent=2, sort_keys=True)
     evaluation.set_string_custom_property(UNDEFINED_METRICS_PROPERTY,
                                           json.dumps(undefined[CANDIDATE], sort_keys=True))
-    eval_config = tfma.EvalConfig()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
-                              eval_config)
     lines = not_evaluated(undefined, gated_metrics(eval_config, has_baseline))
     if lines:
       _not_blessed(blessing, NOT_EVALUATED_PROPERTY, lines)
 
   def _judge_slices(self, evaluation: types.Artifact, blessing: types.Artifact,
-                    exec_properties: Dict[str, Any]) -> None:
+                    eval_config: tfma.EvalConfig,
+                    sliced: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
+                    min_examples: int) -> None:
     """Writes `slices.json` (judge_slices); a slice that regresses beyond its task's
     max_regression makes the model NOT blessed, naming the slice (`slice_failures`)."""
-    eval_config = tfma.EvalConfig()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
-                              eval_config)
-    judged = judge_slices(sliced_metric_values(evaluation.uri), eval_config,
-                          int(exec_properties.get(SLICE_GATE_MIN_EXAMPLES_KEY) or 0))
+    judged = judge_slices(sliced, eval_config, min_examples)
     with tf.io.gfile.GFile(os.path.join(evaluation.uri, SLICES_FILE), 'w') as f:
       json.dump(judged, f, indent=2, sort_keys=True, allow_nan=False)
     if judged['failures']:
       _not_blessed(blessing, SLICE_FAILURES_PROPERTY, judged['failures'])
 
   def _write_sample_predictions(self, input_dict: Dict[str, List[Any]],
-                                exec_properties: Dict[str, Any], output_uri: str,
+                                exec_properties: Dict[str, Any],
+                                eval_config: tfma.EvalConfig, output_uri: str,
                                 count: int) -> None:
     """Runs TFMA's own extractors (features, transform, predictions) on a few eval examples."""
-    eval_config = tfma.EvalConfig()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
-                              eval_config)
     eval_config = tfma.utils.update_eval_config_with_defaults(
         eval_config, has_baseline=False, rubber_stamp=True)
     model = input_dict[standard_component_specs.MODEL_KEY][0]

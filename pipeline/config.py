@@ -727,8 +727,9 @@ def _check_evaluation(evaluation: EvaluationConfig, features: Sequence[FeatureCo
     for j, name in enumerate(names):
       path = f'evaluation.slices[{i}]' + (f'[{j}]' if len(names) > 1 else '')
       if name not in types:
+        categorical = ', '.join(n for n, t in types.items() if t == 'categorical')
         raise ConfigError(f'{path}: {name!r} is not a feature; slices are by categorical '
-                          f'features ({", ".join(n for n, t in types.items() if t == "categorical")})')
+                          f'features ({categorical})')
       if types[name] != 'categorical':
         raise ConfigError(f'{path}: {name!r} is a numeric feature; slices are by categorical '
                           'features (a slice per distinct number would be one per example)')
