@@ -2,6 +2,7 @@
 
     mtlp generate-logs --rows 20000 --days 3 --out data/logs
     mtlp validate-config --config schemas/impressions.yaml
+    mtlp config-schema --output schemas/config.schema.json
     mtlp run --config schemas/impressions.yaml --output runs/impressions
     mtlp compile --config schemas/impressions.yaml --output pipeline.yaml
     mtlp submit --config schemas/impressions.yaml --host http://localhost:8080
@@ -45,6 +46,18 @@ def _validate_config(args: argparse.Namespace) -> int:
   print(f'{args.config}: ok ({len(config.features)} features, tasks: '
         f'{", ".join(t.name for t in config.tasks)})'
         + ''.join(f'\n  {note}' for note in notes))
+  return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+  from pipeline.config import json_schema  # pylint: disable=g-import-not-at-top
+  text = json.dumps(json_schema(), indent=2) + '\n'
+  if args.output in (None, '-'):
+    sys.stdout.write(text)
+  else:
+    with open(args.output, 'w') as f:
+      f.write(text)
+    print(f'wrote the config JSON Schema to {args.output}', file=sys.stderr)
   return 0
 
 
@@ -210,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
   val = add('validate-config', help='check a config file and say what is wrong')
   val.add_argument('--config', required=True)
   val.set_defaults(func=_validate_config)
+
+  schema = add('config-schema', help="print the config's JSON Schema (for editors)",
+               description='Every key with its type, default, allowed values and description, '
+               'from the rules `validate-config` applies. Point a YAML language server at it '
+               '(docs/configuration.md, "Editor support").')
+  schema.add_argument('--output', default=None, help='write to this file (default: stdout)')
+  schema.set_defaults(func=_config_schema)
 
   run = add('run', help='run the whole pipeline locally (Beam DirectRunner)')
   run.add_argument('--config', required=True)

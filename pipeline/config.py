@@ -1,7 +1,8 @@
 """The pipeline's config: one YAML file lists the features, the tasks and how to train and serve.
 
 The file is parsed and validated once, here. Every error names the key that is wrong and, where
-the key takes one of a fixed set of values, the values allowed. Components receive the parsed
+the key takes one of a fixed set of values, the values allowed. Each field's description and
+rule (pipeline/config_rules.py) serve both the validator and the JSON Schema (`json_schema`). Components receive the parsed
 config as JSON (`PipelineConfig.to_json`) and rebuild it with `PipelineConfig.from_json`;
 nothing else re-derives the feature or task list.
 """
@@ -17,6 +18,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from pipeline.config_rules import (AnyOf, ConfigError, Const, Either, Flag, Is, IsSet, ListOf,
+                                   MapOf, Name, Number, Off, OneOf, Optional_, Percentage, Section,
+                                   Steps, Text, Toggle, field, require_mapping)
+
 
 FEATURE_TYPES = ('categorical', 'numeric')
 NUMERIC_SCALINGS = ('z_score', 'log', 'none')
@@ -57,237 +63,498 @@ SPLIT_BUCKETS = 100
 # A numeric feature's quantile bucket is fed to the network as `<feature>__bucket`.
 BUCKET_SUFFIX = '__bucket'
 PIECE_SUFFIX = '__piece'  # <feature>__piece<t>: bin t of a numeric feature's piecewise_linear
+# A file pattern with spans: a {SPAN} (or {SPAN:width}) spec, or all of {YYYY} {MM} {DD} (the
+# specs TFX's ExampleGen driver resolves); regular expressions valid in Python and JSON Schema.
+_SPAN_SPEC = r'\{SPAN(:[^}]*)?\}'
+_DATE_SPECS = r'^(?=.*\{YYYY\})(?=.*\{MM\})(?=.*\{DD\})'
+SPAN_SPECS = f'{_SPAN_SPEC}|{_DATE_SPECS}'
 
 
-class ConfigError(ValueError):
-  """A config that cannot be used; the message names the key."""
+# What a value may be is said once per field (pipeline/config_rules.py): the validator and the
+# JSON Schema (`mtlp config-schema`) read the same rule.
+_POSITIVE_INT = Number(int, minimum=1)
+_FRACTION = Number(minimum=0.0, maximum=1.0)
+_BOUND = Optional_(Number(finite=True))
+_UNITS = ListOf(_POSITIVE_INT, 'layer sizes', non_empty=True)
+_OPTIONAL_TEXT = Optional_(Text())
+_KUBERNETES_NAME = Text(pattern=r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', max_length=63,
+                        what='a Kubernetes name (lower-case letters, digits and -, at most 63 '
+                        'characters)', message='{value!r} is not {what}')
+_NUMERIC_ONLY = dict(applies=Is('type', 'numeric'),
+                     applies_message='only applies to numeric features, this one is {type}')
+_CATEGORICAL_ONLY = dict(applies=Is('type', 'categorical'),
+                         applies_message='only applies to categorical features, this one is '
+                         '{type}')
+_REGRESSION_ONLY = dict(applies=Is('type', 'regression'),
+                        applies_message='only applies to regression tasks (a binary label must '
+                        'be 0 or 1)')
+_ESMM_ONLY = dict(applies=Is('type', 'esmm'), applies_message='only applies when model.type is '
+                  'esmm')
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-  name: str
-  type: str
-  # categorical
-  top_k: Optional[int] = None
-  frequency_threshold: int = 0
-  oov_buckets: int = 1
-  # The embedding width: a number, or 'auto' for min(64, round(1.6 * rows ** 0.56)) from the
-  # embedding's row count (vocabulary plus OOV buckets, or buckets), after fast.ai's rule.
-  embedding_dim: Union[int, str] = 8
-  # numeric
-  scaling: str = 'z_score'
-  # numeric: also a learned embedding (embedding_dim) of the value's quantile bucket among this
-  # many (quantiles of the train split), beside the scaled value; 0: the scaled value alone
-  buckets: int = 0
-  # numeric: also a periodic embedding of the scaled value (Gorishniy et al. 2022, PLR):
-  # ReLU(Dense(embedding_dim)([sin(2 pi c x), cos(2 pi c x)])) with this many trainable
-  # frequencies c, initialised from N(0, periodic_scale^2); 0: none
-  periodic: int = 0
-  periodic_scale: float = 0.1
-  # numeric: also a piecewise-linear encoding of the value over this many quantile bins
-  # (Gorishniy et al. 2022, PLE: bin t gives 0 below it, 1 above it, the position inside it),
-  # then ReLU(Dense(embedding_dim)); 0: none
-  piecewise_linear: int = 0
-  # numeric: ingestion quarantines a value below min or above max (out_of_range:<name>)
-  min: Optional[float] = None
-  max: Optional[float] = None
-  # Validation against the previous span's statistics (drift) and of the train split against
-  # the eval split (skew): L-infinity distance for categorical features, Jensen-Shannon
-  # divergence for numeric ones; above the threshold the run stops before Transform.
-  max_drift: Optional[float] = None
-  max_skew: Optional[float] = None
+  """An input feature: a field of every log line."""
+  name: str = field(doc='Field name in the log.', rule=Name(not_patterns=(
+      (re.escape(BUCKET_SUFFIX) + '$', f"ends with {BUCKET_SUFFIX!r}, which names a numeric "
+       "feature's bucket"),
+      (re.escape(PIECE_SUFFIX) + r'[0-9]+$', f"ends with {PIECE_SUFFIX!r} and a number, which "
+       "names a bin of a numeric feature's piecewise_linear"))))
+  type: str = field(doc='categorical or numeric.', rule=OneOf(FEATURE_TYPES))
+  top_k: Optional[int] = field(
+      None, doc='categorical: keep the most frequent k values in the vocabulary (null: all).',
+      rule=Optional_(_POSITIVE_INT), **_CATEGORICAL_ONLY)
+  frequency_threshold: int = field(
+      0, doc='categorical: values seen fewer times go to the OOV buckets.',
+      rule=Number(int, minimum=0), **_CATEGORICAL_ONLY)
+  oov_buckets: int = field(1, doc='categorical: hash buckets for out-of-vocabulary values.',
+                           rule=_POSITIVE_INT, **_CATEGORICAL_ONLY)
+  embedding_dim: Union[int, str] = field(
+      8, doc="The embedding width: a number, or 'auto' for min(64, round(1.6 * rows ** 0.56)) "
+      "from the embedding's row count (vocabulary plus OOV buckets, or buckets), after "
+      "fast.ai's rule. Categorical features, and numeric ones with buckets, periodic or "
+      'piecewise_linear.',
+      rule=Either((Const(AUTO), Number(int, minimum=1, also_allowed=f"'{AUTO}'"))),
+      applies=AnyOf((Is('type', 'categorical'), IsSet('buckets'), IsSet('periodic'),
+                     IsSet('piecewise_linear'))),
+      applies_message='applies to categorical features and to numeric ones with buckets, '
+      'periodic or piecewise_linear')
+  scaling: str = field(
+      'z_score', doc='numeric: z_score, log (z-score of log1p(max(x, 0))) or none; a value '
+      'outside the range of the train split is first clamped to it.',
+      rule=OneOf(NUMERIC_SCALINGS), **_NUMERIC_ONLY)
+  buckets: int = field(
+      0, doc="numeric: also a learned embedding (embedding_dim) of the value's quantile bucket "
+      'among this many (2 to 10000; quantiles of the train split); 0 or null: the scaled value '
+      'alone.', rule=Off(Number(int, minimum=2, maximum=10000)),
+      **_NUMERIC_ONLY)
+  periodic: int = field(
+      0, doc='numeric: also a periodic embedding of the scaled value (PLR, Gorishniy et al. '
+      '2022): ReLU(Dense(embedding_dim)([sin(2 pi c x), cos(2 pi c x)])) with this many '
+      'trainable frequencies c (1 to 1024); 0 or null: none.',
+      rule=Off(Number(int, minimum=1, maximum=1024)),
+      **_NUMERIC_ONLY)
+  periodic_scale: float = field(
+      0.1, doc="numeric: the periodic frequencies' initial standard deviation.",
+      rule=Number(minimum=0.0, exclusive_min=True), **_NUMERIC_ONLY)
+  piecewise_linear: int = field(
+      0, doc='numeric: also a piecewise-linear encoding of the value over this many quantile '
+      'bins (PLE, Gorishniy et al. 2022; 2 to 256), then ReLU(Dense(embedding_dim)); 0 or '
+      'null: none.', rule=Off(Number(int, minimum=2, maximum=256)),
+      **_NUMERIC_ONLY)
+  min: Optional[float] = field(
+      None, doc='numeric: ingestion quarantines a value below it (out_of_range:<name>).',
+      rule=_BOUND, **_NUMERIC_ONLY)
+  max: Optional[float] = field(
+      None, doc='numeric: ingestion quarantines a value above it (out_of_range:<name>).',
+      rule=_BOUND, **_NUMERIC_ONLY)
+  max_drift: Optional[float] = field(
+      None, doc="Against the previous span's statistics: the largest L-infinity distance "
+      '(categorical) or Jensen-Shannon divergence (numeric) before the run stops ahead of '
+      'Transform; in (0, 1].',
+      rule=Optional_(Number(minimum=0.0, maximum=1.0, exclusive_min=True)))
+  max_skew: Optional[float] = field(
+      None, doc='The same distance between the train and the eval split of the run.',
+      rule=Optional_(Number(minimum=0.0, maximum=1.0, exclusive_min=True)))
+
+  def check(self, path: str) -> None:
+    if self.min is not None and self.max is not None and self.min > self.max:
+      raise ConfigError(f'{path}.min: {self.min} is above max {self.max}')
 
 
 @dataclasses.dataclass(frozen=True)
 class Threshold:
-  min: Optional[float] = None
-  max: Optional[float] = None
+  """Bounds a metric must meet for the model to be blessed (both included)."""
+  min: Optional[float] = field(None, doc='The lowest value allowed.', rule=_BOUND)
+  max: Optional[float] = field(None, doc='The highest value allowed.', rule=_BOUND)
+
+  def check(self, path: str) -> None:
+    if self.min is not None and self.max is not None and self.min > self.max:
+      raise ConfigError(f'{path}: min {self.min} is above max {self.max}')
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """The optimizer of one parameter group (the trunk, a task's head, or the loss weights)."""
-  type: str = 'adam'
-  learning_rate: float = 0.003
-  schedule: str = 'constant'  # constant | cosine | exponential, over training.train_steps
-  decay_rate: float = 0.1     # exponential: the learning rate's factor at the last step
-  # Decoupled weight decay (Loshchilov & Hutter; AdamW for adam): each step every kernel and
-  # embedding table of the group shrinks by learning_rate * weight_decay; biases are not decayed.
-  weight_decay: float = 0.0
+  type: str = field('adam', doc='adam, sgd or adagrad.', rule=OneOf(OPTIMIZERS))
+  learning_rate: float = field(
+      0.003, doc='The initial learning rate; 0 freezes the group while the others train.',
+      rule=Number(minimum=0.0))
+  schedule: str = field('constant', doc='constant, cosine (to 0 over training.train_steps) or '
+                        'exponential.', rule=OneOf(LR_SCHEDULES))
+  decay_rate: float = field(0.1, doc="exponential: the learning rate's factor at the last step.",
+                            rule=Number(minimum=0.0, maximum=1.0, exclusive_min=True))
+  weight_decay: float = field(
+      0.0, doc='Decoupled weight decay (Loshchilov & Hutter; AdamW for adam): each step every '
+      'kernel and embedding table of the group shrinks by learning_rate * weight_decay; biases '
+      'are not decayed.', rule=_FRACTION)
+
+
+_TASK_METRIC_NAMES = tuple(dict.fromkeys(m for ms in TASK_METRICS.values() for m in ms))
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-  name: str
-  label: str
-  type: str
-  head_units: Sequence[int] = (32,)
-  optimizer: OptimizerConfig = OptimizerConfig()
-  thresholds: Mapping[str, Threshold] = dataclasses.field(default_factory=dict)
-  # Other tasks whose estimates this task's head takes as inputs, under stop_gradient.
-  inputs_from: Sequence[str] = ()
-  loss_weight: float = 1.0  # used by training.loss_weighting: fixed
-  # Against the served model: how much worse each metric may get, in the metric's own units
-  # (a number) or relative to the served value (a string such as '2%'). Empty: the defaults,
-  # DEFAULT_MAX_REGRESSION[type].
-  max_regression: Mapping[str, Union[float, str]] = dataclasses.field(default_factory=dict)
-  # regression: ingestion quarantines a label below label_min or above label_max
-  # (out_of_range:<label>); a binary label must be 0 or 1 anyway.
-  label_min: Optional[float] = None
-  label_max: Optional[float] = None
+  """A task: one label, one head of the model, one served output."""
+  name: str = field(doc='Task name; names the model output and the served output.', rule=Name())
+  label: str = field(doc='Label field in the log (not a feature, not another task\'s label).',
+                     rule=Name())
+  type: str = field(doc='binary (0/1, sigmoid head, log loss) or regression (linear head, '
+                    'squared error).', rule=OneOf(TASK_TYPES))
+  head_units: Sequence[int] = field((32,), doc="Hidden layer sizes of the task's head.",
+                                    rule=_UNITS)
+  optimizer: OptimizerConfig = field(OptimizerConfig(), doc="The head's own optimizer.",
+                                     rule=Section(OptimizerConfig, OptimizerConfig()))
+  thresholds: Mapping[str, Threshold] = field(
+      {}, doc='{metric: {min, max}}: the model is blessed only if every one passes (TFMA '
+      'metric names; which ones depend on the task type).',
+      rule=MapOf(OneOf(_TASK_METRIC_NAMES, ' (metric)'), Section(Threshold, at_least_one=True)))
+  inputs_from: Sequence[str] = field(
+      (), doc="Other tasks whose estimates this task's head takes as inputs, under "
+      'stop_gradient; no cycles.', rule=Optional_(ListOf(Name(), 'task names')))
+  loss_weight: float = field(1.0, doc="The task's weight when training.loss_weighting is fixed.",
+                             rule=Number(minimum=0.0))
+  max_regression: Mapping[str, Union[float, str]] = field(
+      {}, doc='Against the served model: how much worse each metric may get, in its own units '
+      "(a number) or relative to the served value (a string such as '2%'). Empty: binary "
+      "{auc: 0.01}, regression {root_mean_squared_error: '2%'}.",
+      rule=MapOf(OneOf(tuple(METRIC_DIRECTIONS), ' (metric)'),
+                 Either((Number(minimum=0.0), Percentage()))))
+  label_min: Optional[float] = field(
+      None, doc='regression: ingestion quarantines a label below it (out_of_range:<label>).',
+      rule=_BOUND, **_REGRESSION_ONLY)
+  label_max: Optional[float] = field(
+      None, doc='regression: ingestion quarantines a label above it (out_of_range:<label>).',
+      rule=_BOUND, **_REGRESSION_ONLY)
+
+  def __post_init__(self) -> None:
+    if self.inputs_from is None:
+      object.__setattr__(self, 'inputs_from', ())
+
+  def check(self, path: str) -> None:
+    """The metrics named must be the task type's."""
+    for metric in self.thresholds:
+      OneOf(TASK_METRICS[self.type], ' (metric)').parse(metric, f'{path}.thresholds.{metric}')
+    for metric in self.max_regression:
+      if metric not in TASK_METRICS[self.type]:
+        allowed = ', '.join(m for m in TASK_METRICS[self.type] if m in METRIC_DIRECTIONS)
+        raise ConfigError(f'{path}.max_regression.{metric}: not a metric of a {self.type} task '
+                          f'({allowed})')
+    if self.label_min is not None and self.label_max is not None and (
+        self.label_min > self.label_max):
+      raise ConfigError(f'{path}.label_min: {self.label_min} is above label_max '
+                        f'{self.label_max}')
+
+  @staticmethod
+  def schema_conditions() -> List[Dict[str, Any]]:
+    """check()'s rule on metric names, for the JSON Schema."""
+    return [{'if': {'properties': {'type': {'const': ttype}}, 'required': ['type']},
+             'then': {'properties': {
+                 'thresholds': {'propertyNames': {'enum': list(metrics)}},
+                 'max_regression': {'propertyNames': {
+                     'enum': [m for m in metrics if m in METRIC_DIRECTIONS]}}}}}
+            for ttype, metrics in TASK_METRICS.items()]
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  input_base: str
-  file_pattern: str = '*/*.jsonl*'
-  split_key: str = 'user_id'
-  eval_fraction: float = 0.2
-  max_rejected_fraction: float = 0.01
-  schema: Optional[str] = None  # curated schema (pbtxt); SchemaGen infers one when absent
-  window_spans: int = 1  # with {SPAN} or {YYYY}-{MM}-{DD} in file_pattern: how many recent spans
-  # Categorical values (and the split key) longer than this in UTF-8 bytes are quarantined
-  # (string_too_long:<name>).
-  max_string_bytes: int = 1024
-  # Anomaly kinds (TFDV names, e.g. COMPARATOR_L_INFTY_HIGH) reported but not stopping the run.
-  accept_anomalies: Sequence[str] = ()
+  """Where the logs are and how they are split."""
+  input_base: str = field(doc='Directory holding the logs (on Kubeflow: gs:// or a volume '
+                          'mounted in every step).', rule=Text())
+  file_pattern: str = field('*/*.jsonl*', doc='Glob under input_base; .gz files are '
+                            'decompressed; {SPAN} or {YYYY}-{MM}-{DD} select spans.', rule=Text())
+  split_key: str = field('user_id', doc='The field whose hash splits train from eval (an id, '
+                         'never a numeric feature or a label).', rule=Text())
+  eval_fraction: float = field(
+      0.2, doc="Share of the split key's 100 hash buckets in eval: 0.01 to 0.9 in steps of "
+      '0.01.', rule=Steps(0.01, 0.9, 1 / SPLIT_BUCKETS,
+                          f'is not a whole percentage: the split hashes data.split_key into '
+                          f'{SPLIT_BUCKETS} buckets (use 0.01 to 0.9 in steps of 0.01)'))
+  max_rejected_fraction: float = field(
+      0.01, doc='Stop before training if a larger share of the records read is quarantined.',
+      rule=_FRACTION)
+  schema: Optional[str] = field(None, doc='Curated schema (.pbtxt); SchemaGen infers one when '
+                                'absent.', rule=_OPTIONAL_TEXT)
+  window_spans: int = field(1, doc='With {SPAN} or {YYYY}-{MM}-{DD} in file_pattern: how many '
+                            'recent spans to read.', rule=_POSITIVE_INT)
+  max_string_bytes: int = field(
+      1024, doc='Categorical values (and the split key) longer than this in UTF-8 bytes are '
+      'quarantined (string_too_long:<name>).', rule=_POSITIVE_INT)
+  accept_anomalies: Sequence[str] = field(
+      (), doc='Anomaly kinds (TFDV names, e.g. COMPARATOR_L_INFTY_HIGH) reported but not '
+      'stopping the run.', rule=ListOf(OneOf(ANOMALY_KINDS), 'anomaly kinds'))
+
+  def check(self, path: str) -> None:
+    if self.window_spans > 1 and not re.search(SPAN_SPECS, self.file_pattern):
+      raise ConfigError(f'{path}.window_spans: {self.window_spans} spans need {{SPAN}} or '
+                        f'{{YYYY}}-{{MM}}-{{DD}} in {path}.file_pattern ({self.file_pattern!r})')
+
+  @staticmethod
+  def schema_conditions() -> List[Dict[str, Any]]:
+    return [{'if': {'properties': {'window_spans': {'minimum': 2}}, 'required': ['window_spans']},
+             'then': {'properties': {'file_pattern': {'pattern': SPAN_SPECS}},
+                      'required': ['file_pattern']}}]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  type: str = 'shared_bottom'
-  trunk_units: Sequence[int] = (128, 64)  # shared_bottom, esmm: shared dense layers
-  dropout: float = 0.0                    # shared_bottom, esmm: after each trunk layer
-  embedding_dropout: float = 0.0          # every architecture: on each embedding's output
-  head_dropout: float = 0.0               # every architecture: after each task-head layer
-  cross_layers: int = 0                   # every architecture: DCN-V2 cross layers on the input
-  num_experts: int = 4                    # mmoe
-  expert_units: Sequence[int] = (64,)     # mmoe: each expert's dense layers; ple: one level each
-  num_shared_experts: int = 2             # ple: shared experts per level
-  num_task_experts: int = 1               # ple: each task's own experts per level
-  esmm_click_task: Optional[str] = None   # esmm: the task playing the click (CTR) role
-  esmm_conversion_task: Optional[str] = None  # esmm: the conversion task, trained as CTCVR
+  """The architecture."""
+  type: str = field('shared_bottom', doc='shared_bottom, mmoe, esmm or ple.',
+                    rule=OneOf(MODEL_TYPES))
+  trunk_units: Sequence[int] = field((128, 64), doc='shared_bottom, esmm: shared dense layers.',
+                                     rule=_UNITS)
+  dropout: float = field(0.0, doc='shared_bottom, esmm: dropout after each trunk layer.',
+                         rule=Number(minimum=0.0, maximum=0.9))
+  embedding_dropout: float = field(0.0, doc="Every architecture: dropout on each embedding's "
+                                   'output.', rule=Number(minimum=0.0, maximum=0.9))
+  head_dropout: float = field(0.0, doc="Every architecture: dropout after each task-head layer.",
+                              rule=Number(minimum=0.0, maximum=0.9))
+  cross_layers: int = field(0, doc='Every architecture: DCN-V2 cross layers on the input '
+                            '(0 to 8).', rule=Number(int, minimum=0, maximum=8))
+  num_experts: int = field(4, doc='mmoe: experts.', rule=_POSITIVE_INT)
+  expert_units: Sequence[int] = field((64,), doc="mmoe: each expert's dense layers; ple: one "
+                                      'level per entry.', rule=_UNITS)
+  num_shared_experts: int = field(2, doc='ple: shared experts per level.', rule=_POSITIVE_INT)
+  num_task_experts: int = field(1, doc="ple: each task's own experts per level.",
+                                rule=_POSITIVE_INT)
+  esmm_click_task: Optional[str] = field(
+      None, doc='esmm (required): the binary task playing the click (CTR) role.',
+      rule=_OPTIONAL_TEXT, **_ESMM_ONLY)
+  esmm_conversion_task: Optional[str] = field(
+      None, doc='esmm (required): the binary conversion task, trained as CTCVR.',
+      rule=_OPTIONAL_TEXT, **_ESMM_ONLY)
+
+  def check(self, path: str) -> None:
+    if self.type == 'esmm':
+      for key in ('esmm_click_task', 'esmm_conversion_task'):
+        if getattr(self, key) is None:
+          raise ConfigError(f'{path}.{key}: required when model.type is esmm')
+
+  @staticmethod
+  def schema_conditions() -> List[Dict[str, Any]]:
+    keys = ('esmm_click_task', 'esmm_conversion_task')
+    return [{'if': {'properties': {'type': {'const': 'esmm'}}, 'required': ['type']},
+             'then': {'required': list(keys),
+                      'properties': {k: {'not': {'type': 'null'}} for k in keys}}}]
 
 
 @dataclasses.dataclass(frozen=True)
 class EarlyStoppingConfig:
   """Watch a validation loss each epoch; stop after `patience` epochs without an improvement
   of more than `min_delta`; export the best epoch's weights."""
-  monitor: str = 'loss'   # 'loss' (the total) or a task name (that task's loss)
-  patience: int = 2       # epochs without improvement before stopping
-  min_delta: float = 0.0  # smaller improvements do not count
+  monitor: str = field('loss', doc="'loss' (the total) or a task name (that task's loss).",
+                       rule=Name())
+  patience: int = field(2, doc='Epochs without improvement before stopping.',
+                        rule=_POSITIVE_INT)
+  min_delta: float = field(0.0, doc='Smaller improvements do not count.',
+                           rule=Number(minimum=0.0))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-  train_steps: int = 1000
-  eval_steps: int = 50
-  batch_size: int = 256
-  trunk_optimizer: OptimizerConfig = OptimizerConfig()
-  loss_weights_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=0.05)
-  loss_weighting: str = 'uncertainty'
-  # uncertainty: a floor on each s = log sigma^2, keeping the loss bounded below (a task whose
-  # loss goes to 0 would otherwise drive s, and the total loss, to minus infinity).
-  min_log_variance: Optional[float] = None
-  # On the shared trunk's per-task gradients, with any loss_weighting: none | pcgrad.
-  gradient_surgery: str = 'none'
-  dwa_temperature: float = 2.0  # dwa: T in K softmax(L(t-1) / L(t-2) / T)
-  gradnorm_alpha: float = 1.5   # gradnorm: the asymmetry alpha
-  seed: int = 42
-  # Distributed training (MultiWorkerMirroredStrategy when more than 1): locally the Trainer
-  # starts this many worker processes on 127.0.0.1; with kubeflow.trainer trainjob or tfjob,
-  # this many pods.
-  workers: int = 1
-  # How long a worker waits for every other worker to be reachable before failing.
-  worker_start_timeout_seconds: int = 300
-  # Local workers: how many times the group is restarted, resuming from the last backup, after
-  # a worker is killed or loses a peer; any other worker error fails the Trainer at once.
-  worker_restarts: int = 2
-  # None: train every step and export the last epoch.
-  early_stopping: Optional[EarlyStoppingConfig] = None
+  """Steps, batch size, optimizers, loss weighting and workers."""
+  train_steps: int = field(1000, doc='Training steps.', rule=_POSITIVE_INT)
+  eval_steps: int = field(50, doc='Validation steps in total over training.',
+                          rule=_POSITIVE_INT)
+  batch_size: int = field(256, doc='Per-replica batch size.', rule=_POSITIVE_INT)
+  trunk_optimizer: OptimizerConfig = field(
+      OptimizerConfig(), doc='The optimizer of the trunk group (embeddings, shared layers).',
+      rule=Section(OptimizerConfig, OptimizerConfig()))
+  loss_weights_optimizer: OptimizerConfig = field(
+      OptimizerConfig(learning_rate=0.05), doc='The optimizer of the learned loss weights '
+      '(no weight_decay).', rule=Section(OptimizerConfig, OptimizerConfig(learning_rate=0.05)))
+  loss_weighting: str = field('uncertainty', doc='uncertainty (Kendall et al. 2018), fixed '
+                              '(tasks[].loss_weight), equal, dwa or gradnorm.',
+                              rule=OneOf(LOSS_WEIGHTINGS))
+  min_log_variance: Optional[float] = field(
+      None, doc='uncertainty: a floor on each s = log sigma^2, keeping the loss bounded below.',
+      rule=_BOUND)
+  gradient_surgery: str = field('none', doc="On the shared trunk's per-task gradients: none or "
+                                'pcgrad.', rule=OneOf(GRADIENT_SURGERIES))
+  dwa_temperature: float = field(2.0, doc='dwa: the temperature T.',
+                                 rule=Number(minimum=0.0, exclusive_min=True))
+  gradnorm_alpha: float = field(1.5, doc='gradnorm: the asymmetry alpha.',
+                                rule=Number(minimum=0.0))
+  seed: int = field(42, doc='Seeds TensorFlow and the input shuffle.',
+                    rule=Number(int, minimum=0))
+  workers: int = field(
+      1, doc='Training workers; more than 1: MultiWorkerMirroredStrategy (local processes, or '
+      'TrainJob nodes or TFJob pods on Kubeflow).', rule=_POSITIVE_INT)
+  worker_start_timeout_seconds: int = field(
+      300, doc='How long a worker waits for every other worker to be reachable before failing.',
+      rule=_POSITIVE_INT)
+  worker_restarts: int = field(
+      2, doc='Local workers: restarts of the group, resuming from the last backup, after a '
+      'worker is killed or loses a peer (0 to 100).', rule=Number(int, minimum=0, maximum=100))
+  early_stopping: Optional[EarlyStoppingConfig] = field(
+      None, doc="Watch a validation loss each epoch and export the best epoch's weights; true "
+      'for the defaults; null or false: train every step and export the last epoch.',
+      rule=Toggle(Section(EarlyStoppingConfig)))
+
+  def check(self, path: str) -> None:
+    if self.loss_weights_optimizer.weight_decay:
+      raise ConfigError(f'{path}.loss_weights_optimizer.weight_decay: the loss weights '
+                        '(log-variances) are not decayed; weight decay applies to the trunk and '
+                        'the task heads')
+
+  @staticmethod
+  def schema_conditions() -> List[Dict[str, Any]]:
+    return [{'properties': {'loss_weights_optimizer': {
+        'properties': {'weight_decay': {'const': 0}}}}}]
 
 
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
-  model_name: str = 'mtl_model'
-  push_dir: str = 'serving'
-  compare_with_served: bool = True  # bless only if no task is worse than the served model
-  keep_versions: int = 5            # versions kept in the push directory (older are deleted)
-  canary: bool = False              # label the newest version canary, the previous stable
-  warmup_examples: int = 16         # eval examples written as TF Serving warmup requests
+  """Where blessed models are pushed, and how they are compared and warmed up."""
+  model_name: str = field('mtl_model', doc='TF Serving model name.', rule=Name())
+  push_dir: str = field('serving', doc='Models go to <push_dir>/<model_name>/<version>/.',
+                        rule=Text(what='a non-empty path'))
+  compare_with_served: bool = field(True, doc='Bless only if no task is worse than the served '
+                                    'model (tasks[].max_regression).', rule=Flag())
+  keep_versions: int = field(5, doc='Versions kept in the push directory (older are deleted).',
+                             rule=_POSITIVE_INT)
+  canary: bool = field(False, doc='Label the newest version canary, the previous stable.',
+                       rule=Flag())
+  warmup_examples: int = field(16, doc='Eval examples written as TF Serving warmup requests '
+                               '(0 to 1000).', rule=Number(int, minimum=0, maximum=1000))
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-  # Every task's metrics are also computed per value of each of these categorical features, or
-  # per pair of values of two features (a cross, given as a list of two names).
-  slices: Sequence[Tuple[str, ...]] = ()
-  # With a served model: a slice with at least this many eval examples must not regress on any
-  # metric with a max_regression by more than the task allows overall. None: slices are
-  # reported, never gated.
-  slice_gate_min_examples: Optional[int] = None
+  """How each task is judged beyond its overall metrics."""
+  slices: Sequence[Tuple[str, ...]] = field(
+      (), doc="Categorical features to slice every task's metrics by: a name, or a list of two "
+      'names (a cross).', rule=ListOf(Either((
+          ListOf(Name(), 'one or two feature names', non_empty=True, max_items=2,
+                 unique=True), Name())),
+          'feature names or [feature, feature] crosses'))
+  slice_gate_min_examples: Optional[int] = field(
+      None, doc='With a served model: a slice with at least this many eval examples must not '
+      'regress beyond the task\'s max_regression. null: slices are reported, never gated.',
+      rule=Optional_(_POSITIVE_INT))
+
+  def __post_init__(self) -> None:
+    object.__setattr__(self, 'slices', tuple(
+        (s,) if isinstance(s, str) else tuple(s) for s in self.slices))
 
 
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
   """How Beam-based components (ExampleGen, StatisticsGen, Transform, Evaluator) execute."""
-  runner: str = 'direct'
-  direct_running_mode: str = 'in_memory'  # direct: in_memory | multi_threading | multi_processing
-  direct_num_workers: int = 1              # direct: 0 means one per core
-  project: Optional[str] = None            # dataflow
-  region: Optional[str] = None             # dataflow
-  temp_location: Optional[str] = None      # dataflow: gs://...
-  job_endpoint: Optional[str] = None       # flink, spark: the portable job server, host:port
-  environment_type: str = 'DOCKER'         # flink, spark: DOCKER (the pipeline image) | EXTERNAL
-  environment_config: Optional[str] = None  # flink, spark: EXTERNAL worker pool address
-  extra_args: Sequence[str] = ()
+  runner: str = field('direct', doc='direct, dataflow, flink or spark.', rule=OneOf(BEAM_RUNNERS))
+  direct_running_mode: str = field('in_memory', doc='direct: in_memory, multi_threading or '
+                                   'multi_processing.', rule=OneOf(DIRECT_RUNNING_MODES))
+  direct_num_workers: int = field(1, doc='direct: worker count; 0 means one per core.',
+                                  rule=Number(int, minimum=0))
+  project: Optional[str] = field(None, doc='dataflow (required): the GCP project.',
+                                 rule=_OPTIONAL_TEXT)
+  region: Optional[str] = field(None, doc='dataflow (required): the region.',
+                                rule=_OPTIONAL_TEXT)
+  temp_location: Optional[str] = field(None, doc='dataflow (required): gs://... for temporary '
+                                       'files.', rule=_OPTIONAL_TEXT)
+  job_endpoint: Optional[str] = field(None, doc='flink, spark (required): the portable job '
+                                      'server, host:port.', rule=_OPTIONAL_TEXT)
+  environment_type: str = field('DOCKER', doc='flink, spark: DOCKER (the pipeline image), '
+                                'EXTERNAL, PROCESS or LOOPBACK.', rule=OneOf(ENVIRONMENT_TYPES))
+  environment_config: Optional[str] = field(None, doc='flink, spark: the worker image or '
+                                            'external worker pool address.',
+                                            rule=_OPTIONAL_TEXT)
+  extra_args: Sequence[str] = field(
+      (), doc='More --flag=value arguments, appended as given.',
+      rule=ListOf(Text(pattern='^--', what='a --flag=value string'), '--flag=value strings'))
+
+  def check(self, path: str) -> None:
+    needed = {'dataflow': ('project', 'region', 'temp_location'),
+              'flink': ('job_endpoint',), 'spark': ('job_endpoint',)}
+    for key in needed.get(self.runner, ()):
+      if getattr(self, key) is None:
+        raise ConfigError(f'{path}.{key}: required when beam.runner is {self.runner}')
+
+  @staticmethod
+  def schema_conditions() -> List[Dict[str, Any]]:
+    return [{'if': {'properties': {'runner': {'const': runner}}, 'required': ['runner']},
+             'then': {'required': list(keys),
+                      'properties': {k: {'not': {'type': 'null'}} for k in keys}}}
+            for runner, keys in (('dataflow', ('project', 'region', 'temp_location')),
+                                 ('flink', ('job_endpoint',)), ('spark', ('job_endpoint',)))]
+
+
+KUBEFLOW_TRAINERS = ('pod', 'trainjob', 'tfjob')
+# Kubernetes resource quantities ('2', '500m', '8Gi', '1.5').
+_QUANTITY = r'^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$'
 
 
 @dataclasses.dataclass(frozen=True)
 class KubeflowConfig:
-  image: str = 'mtl-pipeline:latest'       # the pipeline image (deploy/Dockerfile)
-  pipeline_root: str = 'gs://CHANGE-ME/mtl-pipeline'
-  experiment: str = 'mtl-pipeline'
-  # Where steps keep what outlives a run and is not an artifact (each span's validated
-  # statistics, for the drift check), opened with tf.io.gfile: gs:// or a mounted path.
-  # Default: <pipeline_root>/state, which needs a gs:// pipeline root.
-  state_dir: Optional[str] = None
-  # How the Trainer step trains: `pod` (in its own pod, with training.workers processes),
-  # `trainjob` (a Kubeflow Trainer v2 TrainJob of training.workers nodes on the runtime
-  # `training_runtime`; each node derives its TF_CONFIG from its JobSet pod) or `tfjob` (a
-  # Kubeflow Training Operator v1 TFJob of training.workers pods; the operator sets TF_CONFIG).
-  # docs/distributed.md says which to choose.
-  trainer: str = 'pod'
-  # trainjob and tfjob: the job's namespace (default: the step's own), and each worker pod's
-  # CPU and memory (request and limit) and nvidia.com/gpu limit.
-  namespace: Optional[str] = None
-  service_account: Optional[str] = None    # tfjob: the worker pods' service account
-  worker_cpu: str = '2'
-  worker_memory: str = '8Gi'
-  worker_gpus: int = 0
-  tfjob_backoff_limit: int = 3             # tfjob: pod restarts before the TFJob fails
-  tfjob_timeout_seconds: int = 86400       # tfjob: activeDeadlineSeconds, and the step's wait
-  # trainjob: the ClusterTrainingRuntime (deploy/trainer-runtime.yaml ships this one).
-  training_runtime: str = 'mtl-pipeline-tensorflow'
-  trainjob_timeout_seconds: int = 86400    # trainjob: activeDeadlineSeconds, and the step's wait
-  # trainjob: how long every node may take to be running (a missing runtime, quota, no node
-  # with the resources, an image that cannot be pulled) before the step fails with the
-  # TrainJob's conditions.
-  trainjob_start_timeout_seconds: int = 1800
+  """The pipeline on Kubeflow Pipelines: image, storage, experiment, and how it trains."""
+  image: str = field('mtl-pipeline:latest', doc='The pipeline image (deploy/Dockerfile).',
+                     rule=Text())
+  pipeline_root: str = field('gs://CHANGE-ME/mtl-pipeline', doc='Artifact root the cluster can '
+                             'write: gs://, s3:// or minio://.', rule=Text())
+  experiment: str = field('mtl-pipeline', doc='KFP experiment for submit and schedule.',
+                          rule=Text())
+  state_dir: Optional[str] = field(
+      None, doc='Where steps keep what outlives a run and is not an artifact (opened with '
+      'tf.io.gfile). Default: <pipeline_root>/state, which needs a gs:// pipeline root.',
+      rule=_OPTIONAL_TEXT)
+  trainer: str = field('pod', doc="How the Trainer step trains: pod (in its own pod), trainjob "
+                       '(a Kubeflow Trainer v2 TrainJob) or tfjob (a Training Operator TFJob).',
+                       rule=OneOf(KUBEFLOW_TRAINERS))
+  namespace: Optional[str] = field(None, doc="trainjob, tfjob: the job's namespace (default: "
+                                   "the step's own).", rule=Optional_(_KUBERNETES_NAME))
+  service_account: Optional[str] = field(None, doc="tfjob: the worker pods' service account.",
+                                         rule=Optional_(_KUBERNETES_NAME))
+  worker_cpu: str = field('2', doc='trainjob, tfjob: CPU request and limit of each worker pod '
+                          '(a Kubernetes quantity such as 2 or 500m).',
+                          rule=Text(pattern=_QUANTITY, from_number=True,
+                                    what='a Kubernetes quantity such as 2 or 500m',
+                                    message='{value!r} is not {what}'))
+  worker_memory: str = field('8Gi', doc='trainjob, tfjob: memory request and limit of each '
+                             'worker pod.', rule=Text(pattern=_QUANTITY, from_number=True,
+                                                      what='a Kubernetes quantity such as 8Gi',
+                                                      message='{value!r} is not {what}'))
+  worker_gpus: int = field(0, doc='trainjob, tfjob: nvidia.com/gpu limit of each worker pod.',
+                           rule=Number(int, minimum=0))
+  tfjob_backoff_limit: int = field(3, doc='tfjob: pod restarts before the TFJob fails.',
+                                   rule=Number(int, minimum=0))
+  tfjob_timeout_seconds: int = field(86400, doc="tfjob: activeDeadlineSeconds, and the step's "
+                                     'wait.', rule=Number(int, minimum=60))
+  training_runtime: str = field('mtl-pipeline-tensorflow', doc='trainjob: the '
+                                'ClusterTrainingRuntime (deploy/trainer-runtime.yaml).',
+                                rule=_KUBERNETES_NAME)
+  trainjob_timeout_seconds: int = field(86400, doc="trainjob: activeDeadlineSeconds, and the "
+                                        "step's wait.", rule=Number(int, minimum=60))
+  trainjob_start_timeout_seconds: int = field(
+      1800, doc='trainjob: how long every node may take to be running before the step fails '
+      "with the TrainJob's conditions.", rule=Number(int, minimum=60))
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  name: str
-  data: DataConfig
-  features: Sequence[FeatureConfig]
-  tasks: Sequence[TaskConfig]
-  model: ModelConfig = ModelConfig()
-  training: TrainingConfig = TrainingConfig()
-  serving: ServingConfig = ServingConfig()
-  evaluation: EvaluationConfig = EvaluationConfig()
-  beam: BeamConfig = BeamConfig()
-  kubeflow: KubeflowConfig = KubeflowConfig()
+  """One pipeline: the logs, the features, the tasks, and how to train, judge and serve."""
+  name: str = field(doc='Pipeline name (letters, digits, - and _); names the pipeline in ML '
+                    'Metadata.', rule=Text(pattern=r'^[A-Za-z0-9_-]*[A-Za-z0-9][A-Za-z0-9_-]*$',
+                                           what='letters, digits, - and _'))
+  data: DataConfig = field(doc='Where the logs are and how to split them.',
+                           rule=Section(DataConfig))
+  features: Sequence[FeatureConfig] = field(
+      doc='The input features.', rule=ListOf(Section(FeatureConfig), 'features',
+                                             non_empty=True))
+  tasks: Sequence[TaskConfig] = field(
+      doc='The tasks, one model head each.', rule=ListOf(Section(TaskConfig), 'tasks',
+                                                         non_empty=True))
+  model: ModelConfig = field(ModelConfig(), doc='The architecture.',
+                             rule=Section(ModelConfig, ModelConfig()))
+  training: TrainingConfig = field(TrainingConfig(), doc='How to train.',
+                                   rule=Section(TrainingConfig, TrainingConfig()))
+  serving: ServingConfig = field(ServingConfig(), doc='Where and how to serve.',
+                                 rule=Section(ServingConfig, ServingConfig()))
+  evaluation: EvaluationConfig = field(EvaluationConfig(), doc='Slices and slice gates.',
+                                       rule=Section(EvaluationConfig, EvaluationConfig()))
+  beam: BeamConfig = field(BeamConfig(), doc='How Beam components run.',
+                           rule=Section(BeamConfig, BeamConfig()))
+  kubeflow: KubeflowConfig = field(KubeflowConfig(), doc='The pipeline on Kubeflow Pipelines.',
+                                   rule=Section(KubeflowConfig, KubeflowConfig()))
 
   @property
   def categorical_features(self) -> List[FeatureConfig]:
@@ -354,369 +621,9 @@ class PipelineConfig:
     return parse_config(raw)
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsing. Each helper takes the dotted path of the value it reads, for error messages.
-
-
-def _require_mapping(value: Any, path: str) -> Mapping[str, Any]:
-  if not isinstance(value, Mapping):
-    raise ConfigError(f'{path}: expected a mapping, got {type(value).__name__}')
-  return value
-
-
-def _check_keys(raw: Mapping[str, Any], path: str, allowed: Sequence[str],
-                required: Sequence[str] = ()) -> None:
-  for key in raw:
-    if key not in allowed:
-      raise ConfigError(f'{path}.{key}: unknown key; allowed keys are {", ".join(allowed)}'
-                        if path else f'{key}: unknown key; allowed keys are '
-                        f'{", ".join(allowed)}')
-  for key in required:
-    if key not in raw or raw[key] is None:
-      raise ConfigError(f'{path}.{key}: required key is missing' if path else
-                        f'{key}: required key is missing')
-
-
-def _choice(value: Any, path: str, allowed: Sequence[str]) -> str:
-  if value not in allowed:
-    raise ConfigError(f'{path}: {value!r} is not one of {", ".join(allowed)}')
-  return value
-
-
-def _number(value: Any, path: str, kind: type = float, minimum: Optional[float] = None,
-            maximum: Optional[float] = None, exclusive_min: bool = False,
-            also_allowed: str = '') -> Any:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-      kind is int and not float(value).is_integer()):
-    raise ConfigError(f'{path}: expected {"an integer" if kind is int else "a number"}'
-                      f'{" or " + also_allowed if also_allowed else ""}, got {value!r}')
-  value = kind(value)
-  if minimum is not None and (value <= minimum if exclusive_min else value < minimum):
-    raise ConfigError(f'{path}: {value} must be {">" if exclusive_min else ">="} {minimum}')
-  if maximum is not None and value > maximum:
-    raise ConfigError(f'{path}: {value} must be <= {maximum}')
-  return value
-
-
-def _name(value: Any, path: str) -> str:
-  if not isinstance(value, str) or not value or not value.replace('_', '').isalnum():
-    raise ConfigError(f'{path}: {value!r} must be a non-empty name of letters, digits and _')
-  return value
-
-
-def _units(value: Any, path: str) -> tuple:
-  if not isinstance(value, (list, tuple)) or not value:
-    raise ConfigError(f'{path}: expected a non-empty list of layer sizes, got {value!r}')
-  return tuple(_number(v, f'{path}[{i}]', int, minimum=1) for i, v in enumerate(value))
-
-
-def _section(raw: Mapping[str, Any], key: str, cls: type, parse_field) -> Any:
-  section = _require_mapping(raw.get(key) or {}, key)
-  fields = [f.name for f in dataclasses.fields(cls)]
-  required = [f.name for f in dataclasses.fields(cls)
-              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-  _check_keys(section, key, fields, required)
-  return cls(**{k: parse_field(k, v, f'{key}.{k}') for k, v in section.items()})
-
-
-def _parse_feature(raw: Any, path: str) -> FeatureConfig:
-  raw = _require_mapping(raw, path)
-  _check_keys(raw, path, [f.name for f in dataclasses.fields(FeatureConfig)], ['name', 'type'])
-  ftype = _choice(raw['type'], f'{path}.type', FEATURE_TYPES)
-  only_for = {'categorical': ('top_k', 'frequency_threshold', 'oov_buckets'),
-              'numeric': ('scaling', 'min', 'max', 'buckets', 'periodic', 'periodic_scale',
-                          'piecewise_linear')}
-  defaults = {f.name: f.default for f in dataclasses.fields(FeatureConfig)}
-  for other_type, keys in only_for.items():
-    for key in keys:
-      # A default value is harmless (and is what a round trip through to_dict carries).
-      if other_type != ftype and key in raw and raw[key] != defaults[key]:
-        raise ConfigError(f'{path}.{key}: only applies to {other_type} features, '
-                          f'this one is {ftype}')
-  kwargs: Dict[str, Any] = {'name': _name(raw['name'], f'{path}.name'), 'type': ftype}
-  if raw.get('top_k') is not None:
-    kwargs['top_k'] = _number(raw['top_k'], f'{path}.top_k', int, minimum=1)
-  if 'frequency_threshold' in raw:
-    kwargs['frequency_threshold'] = _number(raw['frequency_threshold'],
-                                            f'{path}.frequency_threshold', int, minimum=0)
-  if 'oov_buckets' in raw:
-    kwargs['oov_buckets'] = _number(raw['oov_buckets'], f'{path}.oov_buckets', int, minimum=1)
-  if 'embedding_dim' in raw:
-    kwargs['embedding_dim'] = (AUTO if raw['embedding_dim'] == AUTO else _number(
-        raw['embedding_dim'], f'{path}.embedding_dim', int, minimum=1,
-        also_allowed=f"'{AUTO}'"))
-  if 'scaling' in raw:
-    kwargs['scaling'] = _choice(raw['scaling'], f'{path}.scaling', NUMERIC_SCALINGS)
-  if raw.get('buckets'):
-    kwargs['buckets'] = _number(raw['buckets'], f'{path}.buckets', int, minimum=2,
-                                maximum=10000)
-  if raw.get('periodic'):
-    kwargs['periodic'] = _number(raw['periodic'], f'{path}.periodic', int, minimum=1,
-                                 maximum=1024)
-  if 'periodic_scale' in raw:
-    kwargs['periodic_scale'] = _number(raw['periodic_scale'], f'{path}.periodic_scale',
-                                       minimum=0.0, exclusive_min=True)
-  if raw.get('piecewise_linear'):
-    kwargs['piecewise_linear'] = _number(raw['piecewise_linear'], f'{path}.piecewise_linear',
-                                         int, minimum=2, maximum=256)
-  if (ftype == 'numeric' and not any(kwargs.get(k) for k in ('buckets', 'periodic',
-                                                              'piecewise_linear'))
-      and 'embedding_dim' in raw and raw['embedding_dim'] != defaults['embedding_dim']):
-    raise ConfigError(f'{path}.embedding_dim: applies to categorical features and to numeric '
-                      'ones with buckets, periodic or piecewise_linear')
-  if kwargs['name'].endswith(BUCKET_SUFFIX):
-    raise ConfigError(f'{path}.name: {kwargs["name"]!r} ends with {BUCKET_SUFFIX!r}, which '
-                      "names a numeric feature's bucket")
-  if re.search(PIECE_SUFFIX + r'\d+$', kwargs['name']):
-    raise ConfigError(f'{path}.name: {kwargs["name"]!r} ends with {PIECE_SUFFIX!r} and a '
-                      "number, which names a bin of a numeric feature's piecewise_linear")
-  for key in ('min', 'max'):
-    if raw.get(key) is not None:
-      kwargs[key] = _number(raw[key], f'{path}.{key}')
-      if not -float('inf') < kwargs[key] < float('inf'):
-        raise ConfigError(f'{path}.{key}: must be a finite number, got {raw[key]!r}')
-  if kwargs.get('min') is not None and kwargs.get('max') is not None and (
-      kwargs['min'] > kwargs['max']):
-    raise ConfigError(f'{path}.min: {kwargs["min"]} is above max {kwargs["max"]}')
-  for key in ('max_drift', 'max_skew'):
-    if raw.get(key) is not None:
-      kwargs[key] = _number(raw[key], f'{path}.{key}', minimum=0.0, maximum=1.0,
-                            exclusive_min=True)
-  return FeatureConfig(**kwargs)
-
-
-def _parse_optimizer(raw: Any, path: str, default: OptimizerConfig) -> OptimizerConfig:
-  raw = _require_mapping(raw, path)
-  _check_keys(raw, path, [f.name for f in dataclasses.fields(OptimizerConfig)])
-  kwargs: Dict[str, Any] = {}
-  if 'type' in raw:
-    kwargs['type'] = _choice(raw['type'], f'{path}.type', OPTIMIZERS)
-  if 'learning_rate' in raw:
-    # 0 is allowed: it freezes the group (e.g. one task's head) while the others train.
-    kwargs['learning_rate'] = _number(raw['learning_rate'], f'{path}.learning_rate', minimum=0.0)
-  if 'schedule' in raw:
-    kwargs['schedule'] = _choice(raw['schedule'], f'{path}.schedule', LR_SCHEDULES)
-  if 'decay_rate' in raw:
-    kwargs['decay_rate'] = _number(raw['decay_rate'], f'{path}.decay_rate', minimum=0.0,
-                                   maximum=1.0, exclusive_min=True)
-  if 'weight_decay' in raw:
-    kwargs['weight_decay'] = _number(raw['weight_decay'], f'{path}.weight_decay', minimum=0.0,
-                                     maximum=1.0)
-  return dataclasses.replace(default, **kwargs)
-
-
-def _parse_task(raw: Any, path: str) -> TaskConfig:
-  raw = _require_mapping(raw, path)
-  _check_keys(raw, path, [f.name for f in dataclasses.fields(TaskConfig)],
-              ['name', 'label', 'type'])
-  ttype = _choice(raw['type'], f'{path}.type', TASK_TYPES)
-  kwargs: Dict[str, Any] = {
-      'name': _name(raw['name'], f'{path}.name'),
-      'label': _name(raw['label'], f'{path}.label'),
-      'type': ttype,
-  }
-  if 'head_units' in raw:
-    kwargs['head_units'] = _units(raw['head_units'], f'{path}.head_units')
-  if 'optimizer' in raw:
-    kwargs['optimizer'] = _parse_optimizer(raw['optimizer'], f'{path}.optimizer',
-                                           OptimizerConfig())
-  if 'loss_weight' in raw:
-    kwargs['loss_weight'] = _number(raw['loss_weight'], f'{path}.loss_weight', minimum=0.0)
-  if raw.get('inputs_from'):
-    inputs_from = raw['inputs_from']
-    if not isinstance(inputs_from, (list, tuple)) or not all(
-        isinstance(n, str) for n in inputs_from):
-      raise ConfigError(f'{path}.inputs_from: expected a list of task names, got {inputs_from!r}')
-    kwargs['inputs_from'] = tuple(inputs_from)
-  thresholds = {}
-  for metric, bounds in _require_mapping(raw.get('thresholds') or {},
-                                         f'{path}.thresholds').items():
-    metric_path = f'{path}.thresholds.{metric}'
-    _choice(metric, metric_path + ' (metric)', TASK_METRICS[ttype])
-    bounds = _require_mapping(bounds, metric_path)
-    _check_keys(bounds, metric_path, ['min', 'max'])
-    if not bounds:
-      raise ConfigError(f'{metric_path}: give min, max or both')
-    threshold = Threshold(**{k: _number(v, f'{metric_path}.{k}') for k, v in bounds.items()
-                             if v is not None})
-    if threshold.min is None and threshold.max is None:
-      raise ConfigError(f'{metric_path}: give min, max or both')
-    if threshold.min is not None and threshold.max is not None and threshold.min > threshold.max:
-      raise ConfigError(f'{metric_path}: min {threshold.min} is above max {threshold.max}')
-    thresholds[metric] = threshold
-  kwargs['thresholds'] = thresholds
-  max_regression = {}
-  for metric, tolerance in _require_mapping(raw.get('max_regression') or {},
-                                            f'{path}.max_regression').items():
-    metric_path = f'{path}.max_regression.{metric}'
-    _choice(metric, metric_path + ' (metric)', list(METRIC_DIRECTIONS))
-    if metric not in TASK_METRICS[ttype]:
-      raise ConfigError(f'{metric_path}: not a metric of a {ttype} task '
-                        f'({", ".join(m for m in TASK_METRICS[ttype] if m in METRIC_DIRECTIONS)})')
-    max_regression[metric] = parse_tolerance(tolerance, metric_path)
-  kwargs['max_regression'] = max_regression
-  for key in ('label_min', 'label_max'):
-    if raw.get(key) is not None:
-      if ttype != 'regression':
-        raise ConfigError(f'{path}.{key}: only applies to regression tasks (a binary label '
-                          'must be 0 or 1)')
-      kwargs[key] = _number(raw[key], f'{path}.{key}')
-      if not -float('inf') < kwargs[key] < float('inf'):
-        raise ConfigError(f'{path}.{key}: must be a finite number, got {raw[key]!r}')
-  if kwargs.get('label_min') is not None and kwargs.get('label_max') is not None and (
-      kwargs['label_min'] > kwargs['label_max']):
-    raise ConfigError(f'{path}.label_min: {kwargs["label_min"]} is above label_max '
-                      f'{kwargs["label_max"]}')
-  return TaskConfig(**kwargs)
-
-
-def parse_tolerance(value: Any, path: str) -> Union[float, str]:
-  """A regression tolerance: a non-negative number, or a percentage string such as '2%'."""
-  if isinstance(value, str) and value.endswith('%'):
-    try:
-      percent = float(value[:-1])
-    except ValueError:
-      raise ConfigError(f'{path}: {value!r} is not a percentage such as "2%"') from None
-    if not 0 <= percent < 100:
-      raise ConfigError(f'{path}: {value!r} must be between 0% and 100%')
-    return value
-  return _number(value, path, minimum=0.0)
-
-
 def regression_tolerances(task: TaskConfig) -> Dict[str, Union[float, str]]:
   """The task's max_regression, or the defaults for its type when none is configured."""
   return dict(task.max_regression) or dict(DEFAULT_MAX_REGRESSION[task.type])
-
-
-def _parse_data_field(key: str, value: Any, path: str) -> Any:
-  if key in ('input_base', 'file_pattern', 'split_key', 'schema'):
-    if value is None and key == 'schema':
-      return None
-    if not isinstance(value, str) or not value:
-      raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
-    return value
-  if key == 'eval_fraction':
-    fraction = _number(value, path, minimum=0.0, maximum=0.9, exclusive_min=True)
-    if abs(fraction * SPLIT_BUCKETS - round(fraction * SPLIT_BUCKETS)) > 1e-9:
-      raise ConfigError(f'{path}: {fraction} is not a whole percentage: the split hashes '
-                        f'data.split_key into {SPLIT_BUCKETS} buckets (use 0.01 to 0.9 in '
-                        'steps of 0.01)')
-    return fraction
-  if key == 'max_rejected_fraction':
-    return _number(value, path, minimum=0.0, maximum=1.0)
-  if key == 'window_spans':
-    return _number(value, path, int, minimum=1)
-  if key == 'max_string_bytes':
-    return _number(value, path, int, minimum=1)
-  if key == 'accept_anomalies':
-    if not isinstance(value, (list, tuple)):
-      raise ConfigError(f'{path}: expected a list of anomaly kinds, got {value!r}')
-    for i, kind in enumerate(value):
-      _choice(kind, f'{path}[{i}]', ANOMALY_KINDS)
-    return tuple(value)
-  raise AssertionError(key)
-
-
-def _parse_model_field(key: str, value: Any, path: str) -> Any:
-  if key == 'type':
-    return _choice(value, path, MODEL_TYPES)
-  if key in ('trunk_units', 'expert_units'):
-    return _units(value, path)
-  if key in ('dropout', 'embedding_dropout', 'head_dropout'):
-    return _number(value, path, minimum=0.0, maximum=0.9)
-  if key in ('num_experts', 'num_shared_experts', 'num_task_experts'):
-    return _number(value, path, int, minimum=1)
-  if key == 'cross_layers':
-    return _number(value, path, int, minimum=0, maximum=8)
-  if key in ('esmm_click_task', 'esmm_conversion_task'):
-    return _optional_string(value, path)
-  raise AssertionError(key)
-
-
-def _parse_training_field(key: str, value: Any, path: str) -> Any:
-  if key in ('train_steps', 'eval_steps', 'batch_size'):
-    return _number(value, path, int, minimum=1)
-  if key == 'seed':
-    return _number(value, path, int, minimum=0)
-  if key in ('trunk_optimizer', 'loss_weights_optimizer'):
-    spec = _parse_optimizer(value, path, getattr(TrainingConfig(), key))
-    if key == 'loss_weights_optimizer' and spec.weight_decay:
-      raise ConfigError(f'{path}.weight_decay: the loss weights (log-variances) are not '
-                        'decayed; weight decay applies to the trunk and the task heads')
-    return spec
-  if key == 'loss_weighting':
-    return _choice(value, path, LOSS_WEIGHTINGS)
-  if key == 'min_log_variance':
-    return None if value is None else _number(value, path)
-  if key == 'gradient_surgery':
-    return _choice(value, path, GRADIENT_SURGERIES)
-  if key == 'dwa_temperature':
-    return _number(value, path, minimum=0.0, exclusive_min=True)
-  if key == 'gradnorm_alpha':
-    return _number(value, path, minimum=0.0)
-  if key == 'workers':
-    return _number(value, path, int, minimum=1)
-  if key == 'worker_restarts':
-    return _number(value, path, int, minimum=0, maximum=100)
-  if key == 'worker_start_timeout_seconds':
-    return _number(value, path, int, minimum=1)
-  if key == 'early_stopping':
-    return _parse_early_stopping(value, path)
-  raise AssertionError(key)
-
-
-def _parse_early_stopping(value: Any, path: str) -> Optional[EarlyStoppingConfig]:
-  if value is None or value is False:
-    return None
-  if value is True:
-    return EarlyStoppingConfig()
-  raw = _require_mapping(value, path)
-  _check_keys(raw, path, [f.name for f in dataclasses.fields(EarlyStoppingConfig)])
-  kwargs: Dict[str, Any] = {}
-  if 'monitor' in raw:
-    kwargs['monitor'] = _name(raw['monitor'], f'{path}.monitor')
-  if 'patience' in raw:
-    kwargs['patience'] = _number(raw['patience'], f'{path}.patience', int, minimum=1)
-  if 'min_delta' in raw:
-    kwargs['min_delta'] = _number(raw['min_delta'], f'{path}.min_delta', minimum=0.0)
-  return EarlyStoppingConfig(**kwargs)
-
-
-def _parse_serving_field(key: str, value: Any, path: str) -> Any:
-  if key == 'model_name':
-    return _name(value, path)
-  if key == 'push_dir':
-    if not isinstance(value, str) or not value:
-      raise ConfigError(f'{path}: expected a non-empty path, got {value!r}')
-    return value
-  if key in ('compare_with_served', 'canary'):
-    if not isinstance(value, bool):
-      raise ConfigError(f'{path}: expected true or false, got {value!r}')
-    return value
-  if key == 'keep_versions':
-    return _number(value, path, int, minimum=1)
-  if key == 'warmup_examples':
-    return _number(value, path, int, minimum=0, maximum=1000)
-  raise AssertionError(key)
-
-
-def _parse_evaluation_field(key: str, value: Any, path: str) -> Any:
-  if key == 'slices':
-    if not isinstance(value, (list, tuple)):
-      raise ConfigError(f'{path}: expected a list of feature names or [feature, feature] '
-                        f'crosses, got {value!r}')
-    slices = []
-    for i, entry in enumerate(value):
-      names = [entry] if isinstance(entry, str) else entry
-      if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= 2:
-        raise ConfigError(f'{path}[{i}]: expected a feature name or a list of two, got '
-                          f'{entry!r}')
-      slices.append(tuple(_name(n, f'{path}[{i}]' + (f'[{j}]' if len(names) > 1 else ''))
-                          for j, n in enumerate(names)))
-    return tuple(slices)
-  if key == 'slice_gate_min_examples':
-    return None if value is None else _number(value, path, int, minimum=1)
-  raise AssertionError(key)
 
 
 def _check_evaluation(evaluation: EvaluationConfig, features: Sequence[FeatureConfig]) -> None:
@@ -733,79 +640,15 @@ def _check_evaluation(evaluation: EvaluationConfig, features: Sequence[FeatureCo
       if types[name] != 'categorical':
         raise ConfigError(f'{path}: {name!r} is a numeric feature; slices are by categorical '
                           'features (a slice per distinct number would be one per example)')
-    if len(set(names)) != len(names):
-      raise ConfigError(f'evaluation.slices[{i}]: a cross of {names[0]!r} with itself')
     if frozenset(names) in seen:
       raise ConfigError(f'evaluation.slices[{i}]: {list(names)!r} is listed twice')
     seen.add(frozenset(names))
 
 
-def _optional_string(value: Any, path: str) -> Optional[str]:
-  if value is None:
-    return None
-  if not isinstance(value, str) or not value:
-    raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
-  return value
-
-
-def _parse_beam_field(key: str, value: Any, path: str) -> Any:
-  if key == 'runner':
-    return _choice(value, path, BEAM_RUNNERS)
-  if key == 'direct_running_mode':
-    return _choice(value, path, DIRECT_RUNNING_MODES)
-  if key == 'direct_num_workers':
-    return _number(value, path, int, minimum=0)
-  if key == 'environment_type':
-    return _choice(value, path, ENVIRONMENT_TYPES)
-  if key == 'extra_args':
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(a, str) and a.startswith('--') for a in value):
-      raise ConfigError(f'{path}: expected a list of --flag=value strings, got {value!r}')
-    return tuple(value)
-  return _optional_string(value, path)
-
-
-KUBEFLOW_TRAINERS = ('pod', 'trainjob', 'tfjob')
-# Kubernetes resource quantities ('2', '500m', '8Gi', '1.5') and names (DNS-1123 labels).
-_QUANTITY = re.compile(r'^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$')
-_DNS_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')
-
-
-def _parse_kubeflow_field(key: str, value: Any, path: str) -> Any:
-  if key == 'trainer':
-    return _choice(value, path, KUBEFLOW_TRAINERS)
-  if key == 'state_dir':
-    return _optional_string(value, path)
-  if key in ('namespace', 'service_account', 'training_runtime'):
-    if value is None and key != 'training_runtime':
-      return None
-    if not isinstance(value, str) or not _DNS_LABEL.match(value):
-      raise ConfigError(f'{path}: {value!r} is not a Kubernetes name (lower-case letters, '
-                        'digits and -, at most 63 characters)')
-    return value
-  if key in ('worker_cpu', 'worker_memory'):
-    value = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    if not isinstance(value, str) or not _QUANTITY.match(value):
-      raise ConfigError(f'{path}: {value!r} is not a Kubernetes quantity such as '
-                        f'{"2 or 500m" if key == "worker_cpu" else "8Gi"}')
-    return value
-  if key == 'worker_gpus':
-    return _number(value, path, int, minimum=0)
-  if key == 'tfjob_backoff_limit':
-    return _number(value, path, int, minimum=0)
-  if key in ('tfjob_timeout_seconds', 'trainjob_timeout_seconds',
-             'trainjob_start_timeout_seconds'):
-    return _number(value, path, int, minimum=60)
-  if not isinstance(value, str) or not value:
-    raise ConfigError(f'{path}: expected a non-empty string, got {value!r}')
-  return value
-
-
 def span_specs(pattern: str) -> Tuple[bool, bool]:
   """Whether a file pattern has a {SPAN} (or {SPAN:width}) spec, and whether it has all of
   the {YYYY} {MM} {DD} date specs: how TFX's ExampleGen driver finds spans."""
-  return (bool(re.search(r'\{SPAN(:[^}]*)?\}', pattern)),
-          all(spec in pattern for spec in ('{YYYY}', '{MM}', '{DD}')))
+  return bool(re.search(_SPAN_SPEC, pattern)), bool(re.search(_DATE_SPECS, pattern))
 
 
 _REMOTE = re.compile(r'^[a-z][a-z0-9+.-]*://')
@@ -886,16 +729,12 @@ def _checked_training(training: TrainingConfig, tasks: Sequence[TaskConfig]) -> 
 
 
 def _check_model(model: ModelConfig, tasks: Sequence[TaskConfig]) -> None:
+  """The esmm tasks (ModelConfig.check saw they are given) are binary tasks of the config."""
   if model.type != 'esmm':
-    for key in ('esmm_click_task', 'esmm_conversion_task'):
-      if getattr(model, key) is not None:
-        raise ConfigError(f'model.{key}: only applies when model.type is esmm')
     return
   by_name = {t.name: t for t in tasks}
   for key in ('esmm_click_task', 'esmm_conversion_task'):
     name = getattr(model, key)
-    if name is None:
-      raise ConfigError(f'model.{key}: required when model.type is esmm')
     if name not in by_name:
       raise ConfigError(f'model.{key}: {name!r} is not one of the tasks ({", ".join(by_name)})')
     if by_name[name].type != 'binary':
@@ -906,32 +745,11 @@ def _check_model(model: ModelConfig, tasks: Sequence[TaskConfig]) -> None:
     raise ConfigError('model.esmm_conversion_task: must differ from model.esmm_click_task')
 
 
-def _check_beam(beam: BeamConfig) -> None:
-  needed = {'dataflow': ('project', 'region', 'temp_location'),
-            'flink': ('job_endpoint',), 'spark': ('job_endpoint',)}
-  for key in needed.get(beam.runner, ()):
-    if getattr(beam, key) is None:
-      raise ConfigError(f'beam.{key}: required when beam.runner is {beam.runner}')
-
-
 def parse_config(raw: Any) -> PipelineConfig:
-  """Validates a config given as plain data (as loaded from YAML or JSON)."""
-  raw = _require_mapping(raw, 'config')
-  _check_keys(raw, '', [f.name for f in dataclasses.fields(PipelineConfig)],
-              ['name', 'data', 'features', 'tasks'])
-  name = raw['name']
-  if not isinstance(name, str) or not name.replace('-', '').replace('_', '').isalnum():
-    raise ConfigError(f'name: {name!r} must be letters, digits, - and _')
-
-  features_raw = raw['features']
-  if not isinstance(features_raw, (list, tuple)) or not features_raw:
-    raise ConfigError('features: expected a non-empty list of features')
-  features = [_parse_feature(f, f'features[{i}]') for i, f in enumerate(features_raw)]
-  tasks_raw = raw['tasks']
-  if not isinstance(tasks_raw, (list, tuple)) or not tasks_raw:
-    raise ConfigError('tasks: expected a non-empty list of tasks')
-  tasks = [_parse_task(t, f'tasks[{i}]') for i, t in enumerate(tasks_raw)]
-
+  """Validates a config given as plain data (as loaded from YAML or JSON): every value by its
+  field's rule, then what one field says of another."""
+  config = Section(PipelineConfig).parse(require_mapping(raw, 'config'), '')
+  features, tasks, data = config.features, config.tasks, config.data
   seen: Dict[str, str] = {}
   for i, feature in enumerate(features):
     if feature.name in seen:
@@ -947,12 +765,7 @@ def parse_config(raw: Any) -> PipelineConfig:
                         f'{seen[task.label]}; a label cannot also be a feature or another '
                         'task\'s label')
     seen[task.label] = f'tasks[{i}]'
-
   _check_task_inputs(tasks)
-  data = _section(raw, 'data', DataConfig, _parse_data_field)
-  if data.window_spans > 1 and not any(span_specs(data.file_pattern)):
-    raise ConfigError(f'data.window_spans: {data.window_spans} spans need {{SPAN}} or '
-                      f'{{YYYY}}-{{MM}}-{{DD}} in data.file_pattern ({data.file_pattern!r})')
   if data.split_key in {t.label for t in tasks}:
     raise ConfigError(f'data.split_key: {data.split_key!r} is a task label; split by an id '
                       'such as the user id')
@@ -960,25 +773,20 @@ def parse_config(raw: Any) -> PipelineConfig:
     raise ConfigError(f'data.split_key: {data.split_key!r} is a numeric feature, which the '
                       'split cannot hash (TFX hashes text or integer ids); split by an id such '
                       'as the user id')
-  beam = _section(raw, 'beam', BeamConfig, _parse_beam_field)
-  _check_beam(beam)
-  model = _section(raw, 'model', ModelConfig, _parse_model_field)
-  _check_model(model, tasks)
-  evaluation = _section(raw, 'evaluation', EvaluationConfig, _parse_evaluation_field)
-  _check_evaluation(evaluation, features)
-  return PipelineConfig(
-      name=name,
-      data=data,
-      features=tuple(features),
-      tasks=tuple(tasks),
-      model=model,
-      training=_checked_training(_section(raw, 'training', TrainingConfig,
-                                          _parse_training_field), tasks),
-      serving=_section(raw, 'serving', ServingConfig, _parse_serving_field),
-      evaluation=evaluation,
-      beam=beam,
-      kubeflow=_section(raw, 'kubeflow', KubeflowConfig, _parse_kubeflow_field),
-  )
+  _check_model(config.model, tasks)
+  _check_evaluation(config.evaluation, features)
+  _checked_training(config.training, tasks)
+  return config
+
+
+def json_schema() -> Dict[str, Any]:
+  """The config's JSON Schema (draft 2020-12), from the rules the validator applies. What it
+  cannot say (one entry against another: names listed twice, a label that is a feature,
+  inputs_from and esmm tasks naming tasks, slices naming categorical features, min above max)
+  only the validator checks."""
+  schema = Section(PipelineConfig).schema()
+  return {'$schema': 'https://json-schema.org/draft/2020-12/schema',
+          'title': 'mtl-pipeline config', **schema}
 
 
 def _absolute(path: Optional[str], base_dir: str) -> Optional[str]:
@@ -1032,3 +840,4 @@ def load_config(path: str, base_dir: Optional[str] = None) -> PipelineConfig:
   serving = dataclasses.replace(config.serving,
                                 push_dir=_absolute(config.serving.push_dir, base_dir))
   return dataclasses.replace(config, data=data, serving=serving)
+

@@ -32,7 +32,9 @@ def _error(raw) -> str:
   return str(e.value)
 
 
-@pytest.mark.parametrize('mutate, expected', [
+# Each kind of mistake and the error it gets (tests/test_config_schema.py holds the JSON Schema
+# to the same cases).
+MISTAKES = [
     (lambda r: r['tasks'][1].update(type='binry'),
      "tasks[1].type: 'binry' is not one of binary, regression"),
     (lambda r: r['features'][0].update(type='text'),
@@ -46,9 +48,9 @@ def _error(raw) -> str:
      "training.train_steps: expected an integer, got 'many'"),
     (lambda r: r['training'].update(learning_rate=0.1),
      'training.learning_rate: unknown key; allowed keys are'),
-    (lambda r: r['data'].update(eval_fraction=0), 'data.eval_fraction: 0.0 must be > 0.0'),
-    (lambda r: r['data'].update(eval_fraction=0.001),
-     'data.eval_fraction: 0.001 is not a whole percentage: the split hashes data.split_key '
+    (lambda r: r['data'].update(eval_fraction=0), 'data.eval_fraction: 0.0 must be >= 0.01'),
+    (lambda r: r['data'].update(eval_fraction=0.125),
+     'data.eval_fraction: 0.125 is not a whole percentage: the split hashes data.split_key '
      'into 100 buckets'),
     (lambda r: r['training']['trunk_optimizer'].update(learning_rate=-0.1),
      'training.trunk_optimizer.learning_rate: -0.1 must be >= 0.0'),
@@ -99,9 +101,9 @@ def _error(raw) -> str:
     (lambda r: r.update(evaluation={'slices': ['device', ['hour', 'item_price']]}),
      "evaluation.slices[1][1]: 'item_price' is a numeric feature"),
     (lambda r: r.update(evaluation={'slices': [['device', 'hour', 'item_id']]}),
-     'evaluation.slices[0]: expected a feature name or a list of two'),
+     'evaluation.slices[0]: expected a list of one or two feature names'),
     (lambda r: r.update(evaluation={'slices': [['device', 'device']]}),
-     "evaluation.slices[0]: a cross of 'device' with itself"),
+     "evaluation.slices[0]: ['device', 'device'] lists 'device' twice"),
     (lambda r: r.update(evaluation={'slices': [['device', 'hour'], ['hour', 'device']]}),
      "evaluation.slices[1]: ['hour', 'device'] is listed twice"),
     (lambda r: r.update(evaluation={'slices': 'device'}),
@@ -110,7 +112,10 @@ def _error(raw) -> str:
      'evaluation.slice_gate_min_examples: 0 must be >= 1'),
     (lambda r: r.update(evaluation={'slice_by': ['device']}),
      'evaluation.slice_by: unknown key; allowed keys are slices, slice_gate_min_examples'),
-])
+]
+
+
+@pytest.mark.parametrize('mutate, expected', MISTAKES)
 def test_mistakes_name_the_key(raw, mutate, expected):
   raw = copy.deepcopy(raw)
   mutate(raw)
