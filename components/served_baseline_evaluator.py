@@ -24,6 +24,11 @@ beyond the task's max_regression makes the model NOT blessed, naming the slice
 (`slice_failures` property); smaller slices, and metrics a slice leaves undefined, are only
 reported.
 
+An output the served model does not have (the config gained a task or a ranking score since
+it was pushed) is evaluated for the new model alone, on its absolute thresholds: TFMA would
+otherwise fail looking for it among the served model's predictions. The evaluation and blessing
+list such outputs (`baseline_missing_outputs`); the run summary says they were not compared.
+
 The evaluation artifact records which version was the baseline (`baseline_version`,
 `baseline_path`), and `sample_predictions.json`: a few eval examples (serialized) with the
 predictions TFMA's PredictionsExtractor made for them. The Pusher turns these into TF Serving
@@ -74,6 +79,8 @@ SLICE_FAILURES_PROPERTY = 'slice_failures'
 SLICE_GATE_MIN_EXAMPLES_KEY = 'slice_gate_min_examples'
 UNDEFINED_METRICS_PROPERTY = 'undefined_metrics'
 NOT_EVALUATED_PROPERTY = 'not_evaluated'
+BASELINE_MISSING_OUTPUTS_PROPERTY = 'baseline_missing_outputs'
+SERVING_SIGNATURE = 'serving_default'  # trainer.export.SERVING_SIGNATURE (no trainer import)
 CANDIDATE, BASELINE = 'candidate', 'baseline'
 
 
@@ -300,6 +307,34 @@ def _eval_examples(examples: List[Any], split: str, count: int) -> List[bytes]:
   return records
 
 
+def served_outputs(model_dir: str) -> List[str]:
+  """The output names of a SavedModel's serving signature."""
+  loaded = tf.saved_model.load(model_dir, tags=['serve'])
+  return sorted(loaded.signatures[SERVING_SIGNATURE].structured_outputs)
+
+
+def without_baseline(eval_config: tfma.EvalConfig, outputs: List[str]) -> tfma.EvalConfig:
+  """`eval_config` with the metrics of `outputs` computed for the candidate only (TFMA's
+  `MetricsSpec.model_names`) and without change thresholds: the served model has no such
+  outputs to compare with."""
+  updated = tfma.EvalConfig()
+  updated.CopyFrom(eval_config)
+  for spec in updated.metrics_specs:
+    if not set(spec.output_names) & set(outputs):
+      continue
+    spec.model_names[:] = [tfma.CANDIDATE_KEY]
+    for metric in spec.metrics:
+      metric.threshold.ClearField('change_threshold')
+      kept = []
+      for per_slice in metric.per_slice_thresholds:
+        per_slice.threshold.ClearField('change_threshold')
+        if per_slice.threshold.ByteSize():
+          kept.append(per_slice)
+      del metric.per_slice_thresholds[:]
+      metric.per_slice_thresholds.extend(kept)
+  return updated
+
+
 class Executor(evaluator_executor.Executor):
   """Evaluates against the served model (if any), then records sample predictions."""
 
@@ -323,6 +358,18 @@ class Executor(evaluator_executor.Executor):
       for artifact in (evaluation, blessing):
         artifact.set_int_custom_property(BASELINE_VERSION_PROPERTY, version)
         artifact.set_string_custom_property(BASELINE_PATH_PROPERTY, served_path)
+      eval_config = tfma.EvalConfig()
+      proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
+                                eval_config)
+      missing = sorted({o for spec in eval_config.metrics_specs for o in spec.output_names}
+                       - set(served_outputs(served_path)))
+      if missing:
+        exec_properties = dict(exec_properties)
+        exec_properties[standard_component_specs.EVAL_CONFIG_KEY] = proto_utils.proto_to_json(
+            without_baseline(eval_config, missing))
+        for artifact in (evaluation, blessing):
+          artifact.set_string_custom_property(BASELINE_MISSING_OUTPUTS_PROPERTY,
+                                              json.dumps(missing))
     try:
       super().Do(input_dict, output_dict, exec_properties)
     finally:

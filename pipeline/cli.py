@@ -9,6 +9,7 @@
     mtlp schedule --config schemas/impressions.yaml --host URL --cron "0 0 3 * * *"
     mtlp unschedule --config schemas/impressions.yaml --host URL
     mtlp serve-check serving/impressions_mtl/1763712000
+    mtlp rescore --config schemas/impressions.yaml
     mtlp report runs/impressions
 """
 
@@ -58,6 +59,27 @@ def _config_schema(args: argparse.Namespace) -> int:
     with open(args.output, 'w') as f:
       f.write(text)
     print(f'wrote the config JSON Schema to {args.output}', file=sys.stderr)
+  return 0
+
+
+def _rescore(args: argparse.Namespace) -> int:
+  from pipeline.rescore import rescore  # pylint: disable=g-import-not-at-top
+  from pipeline.serve_check import format_report  # pylint: disable=g-import-not-at-top
+  config = load_config(args.config)
+  result = rescore(config, version=args.version, push=not args.no_push)
+  print(format_report(result['serve_check']))
+  weights = ', '.join(f'{n} {result["weights_before"][n]:g} -> {w:g}'
+                      for n, w in result['weights'].items())
+  if not result['serve_check']['ok']:
+    print(f'version {result["from_version"]} re-exported with weights {weights}: the serve '
+          'check failed, nothing pushed', file=sys.stderr)
+    return 1
+  if args.no_push:
+    print(f'version {result["from_version"]} re-exported with weights {weights}: serve check '
+          'passed; not pushed (--no-push)')
+    return 0
+  print(f'version {result["from_version"]} re-exported with weights {weights}: pushed as '
+        f'version {result["version"]} to {result["path"]} (labels {result["labels"]})')
   return 0
 
 
@@ -132,6 +154,9 @@ def _run(args: argparse.Namespace) -> int:
   baseline = summary.get('baseline')
   print('compared with served version ' + str(baseline['version']) if baseline else
         'nothing served yet: judged on absolute thresholds only')
+  if baseline and baseline.get('missing_outputs'):
+    print(f'not compared (the served version has no such output): '
+          f'{", ".join(baseline["missing_outputs"])}')
   if summary['blessed']:
     print(f'model blessed; pushed version {summary["push"].get("version")} to '
           f'{summary["push"].get("path")} (labels {summary["push"].get("labels")})')
@@ -268,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
   check.add_argument('--tolerance', type=float, default=1e-5,
                      help='max absolute difference from the Evaluator\'s predictions')
   check.set_defaults(func=_serve_check)
+
+  resc = add(
+      'rescore', help="push the served model again with the config's new score weights",
+      description='Re-exports a pushed version (default: the served one) with the weights of '
+      "the config's serving.score, without retraining: the task outputs are unchanged, the "
+      'score follows the new weights. The new SavedModel is serve-checked (its score against '
+      'the formula on the recorded task outputs), then pushed as a new version. Exit code 1 '
+      'if the check fails.')
+  resc.add_argument('--config', required=True)
+  resc.add_argument('--version', type=int, default=None,
+                    help='the version to start from (default: the served one)')
+  resc.add_argument('--no-push', action='store_true', help='check only, push nothing')
+  resc.set_defaults(func=_rescore)
 
   rep = add(
       'report', help='write an HTML run report with plots into RUN_DIR/report/',

@@ -51,6 +51,7 @@ METRIC_DIRECTIONS = {
     'binary_crossentropy': 'lower',
     'root_mean_squared_error': 'lower',
     'mean_absolute_error': 'lower',
+    'ndcg': 'higher',
 }
 DEFAULT_MAX_REGRESSION = {
     'binary': {'auc': 0.01},
@@ -403,6 +404,56 @@ class TrainingConfig:
         'properties': {'weight_decay': {'const': 0}}}}}]
 
 
+SCORE_COMBINATIONS = ('weighted_sum', 'weighted_product')
+# A ranking score's metrics (TFMA's names): against its label on the whole eval set, and NDCG@k
+# within each group (serving.score.group_by).
+SCORE_METRICS = ('auc', 'mean_prediction', 'mean_label', 'ndcg')
+SCORE_PRODUCT_FLOOR = 1e-7  # weighted_product: each value is floored here before its power
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+  """A served ranking score: one output combining task outputs (and numeric features), part of
+  the exported graph; its weights can be changed without retraining (`mtlp rescore`)."""
+  weights: Mapping[str, float] = field(
+      doc="{name: weight}: a task (its served output) or a numeric feature (the request's raw "
+      'value), with its weight (weighted_sum) or power (weighted_product).',
+      rule=MapOf(Name(), Number(finite=True), non_empty=True))
+  label: str = field(doc='The binary task (or its label column) the score is evaluated '
+                     'against (AUC, NDCG gains).', rule=Name())
+  name: str = field('score', doc='The output name (not a task name).', rule=Name())
+  combine: str = field(
+      'weighted_sum', doc='weighted_sum: the sum of weight x value; weighted_product: the '
+      f'product of max(value, {SCORE_PRODUCT_FLOOR:g}) ** weight (pCTR^a x pCVR^b x value^c).',
+      rule=OneOf(SCORE_COMBINATIONS))
+  group_by: Optional[str] = field(
+      None, doc='A field grouping the eval examples into ranked lists (a user, a request): NDCG@k '
+      'within each group that holds a positive label. A categorical feature or data.split_key; '
+      'null: no NDCG.', rule=Optional_(Name()))
+  ndcg_k: int = field(10, doc='The k of NDCG@k.', rule=_POSITIVE_INT)
+  thresholds: Mapping[str, Threshold] = field(
+      {}, doc='{metric: {min, max}} (auc, mean_prediction, mean_label, ndcg): the model is '
+      'blessed only if every one passes.',
+      rule=MapOf(OneOf(SCORE_METRICS, ' (metric)'), Section(Threshold, at_least_one=True)))
+  max_regression: Mapping[str, Union[float, str]] = field(
+      {}, doc="Against the served model's score, as for a task (auc, ndcg); empty: not "
+      'compared.', rule=MapOf(OneOf(('auc', 'ndcg'), ' (metric)'),
+                              Either((Number(minimum=0.0), Percentage()))))
+
+  def check(self, path: str) -> None:
+    for key in ('thresholds', 'max_regression'):
+      if 'ndcg' in getattr(self, key) and self.group_by is None:
+        raise ConfigError(f'{path}.{key}.ndcg: NDCG needs {path}.group_by')
+
+  @staticmethod
+  def schema_conditions() -> List[Dict[str, Any]]:
+    return [{'if': {'properties': {key: {'type': 'object', 'required': ['ndcg']}},
+                    'required': [key]},
+             'then': {'required': ['group_by'],
+                      'properties': {'group_by': {'not': {'type': 'null'}}}}}
+            for key in ('thresholds', 'max_regression')]
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
   """Where blessed models are pushed, and how they are compared and warmed up."""
@@ -417,6 +468,9 @@ class ServingConfig:
                        rule=Flag())
   warmup_examples: int = field(16, doc='Eval examples written as TF Serving warmup requests '
                                '(0 to 1000).', rule=Number(int, minimum=0, maximum=1000))
+  score: Optional[ScoreConfig] = field(
+      None, doc='A ranking score output combining the task outputs; null: none.',
+      rule=Optional_(Section(ScoreConfig)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -745,6 +799,41 @@ def _check_model(model: ModelConfig, tasks: Sequence[TaskConfig]) -> None:
     raise ConfigError('model.esmm_conversion_task: must differ from model.esmm_click_task')
 
 
+def _check_score(config: PipelineConfig) -> None:
+  """The score's terms are tasks or numeric features; its label a binary task; its groups a
+  field the examples keep."""
+  score = config.serving.score
+  if score is None:
+    return
+  tasks = {t.name: t for t in config.tasks}
+  numeric = [f.name for f in config.numeric_features]
+  outputs = set(tasks) | ({'ctr', 'cvr', 'ctcvr'} if config.model.type == 'esmm' else set())
+  if score.name in outputs:
+    raise ConfigError(f'serving.score.name: {score.name!r} is already a model output')
+  for name in score.weights:
+    if name not in tasks and name not in numeric:
+      raise ConfigError(f'serving.score.weights.{name}: is not one of the tasks '
+                        f'({", ".join(tasks)}) or numeric features ({", ".join(numeric)})')
+  label = next((t for t in config.tasks if score.label in (t.name, t.label)), None)
+  if label is None or label.type != 'binary':
+    binary = ', '.join(t.name for t in config.tasks if t.type == 'binary')
+    raise ConfigError(f'serving.score.label: {score.label!r} is not one of the binary tasks '
+                      f'({binary}) or their labels')
+  groups = [f.name for f in config.categorical_features] + [config.data.split_key]
+  if score.group_by is not None and score.group_by not in groups:
+    raise ConfigError(f'serving.score.group_by: {score.group_by!r} is not a feature of the '
+                      f'examples to group by ({", ".join(dict.fromkeys(groups))})')
+
+
+def score_label(config: PipelineConfig) -> Optional[str]:
+  """The label column the score is evaluated against (serving.score.label names a task or its
+  label)."""
+  score = config.serving.score
+  if score is None:
+    return None
+  return next(t.label for t in config.tasks if score.label in (t.name, t.label))
+
+
 def parse_config(raw: Any) -> PipelineConfig:
   """Validates a config given as plain data (as loaded from YAML or JSON): every value by its
   field's rule, then what one field says of another."""
@@ -774,6 +863,7 @@ def parse_config(raw: Any) -> PipelineConfig:
                       'split cannot hash (TFX hashes text or integer ids); split by an id such '
                       'as the user id')
   _check_model(config.model, tasks)
+  _check_score(config)
   _check_evaluation(config.evaluation, features)
   _checked_training(config.training, tasks)
   return config

@@ -335,19 +335,24 @@ class ListOf(Rule):
 
 @dataclasses.dataclass(frozen=True)
 class MapOf(Rule):
-  """A mapping from keys one of a set (checked per entry type by the section's Condition-free
-  cross checks where the set depends on a sibling field) to values of one rule."""
-  keys: OneOf
+  """A mapping whose keys follow one rule (a set of names, or any name) and values another."""
+  keys: Rule
   value: Rule
+  non_empty: bool = False
 
   def parse(self, value: Any, path: str) -> Any:
     result = {}
+    if self.non_empty and not value:
+      raise ConfigError(f'{path}: expected a non-empty mapping, got {value!r}')
     for key, item in require_mapping(value if value is not None else {}, path).items():
       self.keys.parse(key, f'{path}.{key}')
       result[key] = self.value.parse(item, f'{path}.{key}')
     return result
 
   def schema(self) -> Schema:
+    if self.non_empty:
+      return {'type': 'object', 'minProperties': 1, 'propertyNames': self.keys.schema(),
+              'additionalProperties': self.value.schema()}
     return {'type': ['object', 'null'], 'propertyNames': self.keys.schema(),
             'additionalProperties': self.value.schema()}
 

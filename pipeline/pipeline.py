@@ -15,8 +15,9 @@ Evaluator runs (components/served_baseline_evaluator.py), not by a Resolver.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import tensorflow_model_analysis as tfma
 from google.protobuf import json_format
@@ -29,8 +30,8 @@ from components.log_example_gen import LogExampleGen
 from components.served_baseline_evaluator import ServedBaselineEvaluator
 from components.serving_pusher import ServingPusher
 from components.strict_example_validator import StrictExampleValidator
-from pipeline.config import (METRIC_DIRECTIONS, TASK_METRICS, PipelineConfig, TaskConfig,
-                             regression_tolerances)
+from pipeline.config import (METRIC_DIRECTIONS, SCORE_METRICS, TASK_METRICS, PipelineConfig,
+                             TaskConfig, Threshold, regression_tolerances, score_label)
 from trainer.export import SERVING_SIGNATURE
 from trainer.models import output_labels
 from trainer.preprocessing import CONFIG_KEY
@@ -61,6 +62,7 @@ METRIC_CLASSES = {
     'mean_label': 'MeanLabel',
     'root_mean_squared_error': 'RootMeanSquaredError',
     'mean_absolute_error': 'MeanAbsoluteError',
+    'ndcg': 'NDCG',
 }
 
 
@@ -79,20 +81,21 @@ def change_threshold(metric: str, tolerance) -> tfma.GenericChangeThreshold:
   return threshold
 
 
-def _metric_config(name: str, task: TaskConfig) -> tfma.MetricConfig:
-  """The metric with the task's threshold and max_regression on the overall slice only (a
-  MetricConfig's plain `threshold` would apply to every slice, however small); slices are
-  gated by the Evaluator (`evaluation.slice_gate_min_examples`)."""
+def _metric_config(name: str, thresholds: Mapping[str, Threshold],
+                   tolerances: Mapping[str, Any]) -> tfma.MetricConfig:
+  """The metric with its threshold and max_regression (a task's or the score's) on the overall
+  slice only (a MetricConfig's plain `threshold` would apply to every slice, however small);
+  slices are gated by the Evaluator (`evaluation.slice_gate_min_examples`)."""
   metric = tfma.MetricConfig(class_name=METRIC_CLASSES[name])
   threshold = tfma.MetricThreshold()
-  bounds = task.thresholds.get(name)
+  bounds = thresholds.get(name)
   if bounds is not None:
     value_threshold = threshold.value_threshold
     if bounds.min is not None:
       value_threshold.lower_bound.value = bounds.min
     if bounds.max is not None:
       value_threshold.upper_bound.value = bounds.max
-  tolerance = regression_tolerances(task).get(name)
+  tolerance = tolerances.get(name)
   if tolerance is not None:
     # Without a served model TFX "rubber-stamps": change thresholds are dropped.
     threshold.change_threshold.CopyFrom(change_threshold(name, tolerance))
@@ -114,23 +117,47 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   metrics - the Trainer compiles none - and for inference); the predictions are the same.
 
   Slices (`evaluation.slices`) are computed for every metric; thresholds apply to the overall
-  slice.
+  slice. The ranking score (`serving.score`) is one more output, with its label and its own
+  specs (`_score_specs`).
   """
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
           signature_name=SERVING_SIGNATURE,
           model_type=tfma.TF_GENERIC,
-          label_keys=output_labels(config))],
+          label_keys={**output_labels(config),
+                      **({config.serving.score.name: score_label(config)}
+                         if config.serving.score else {})})],
       slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(names))
                                              for names in config.evaluation.slices],
       metrics_specs=[
           tfma.MetricsSpec(
               output_names=[task.name],
               metrics=[tfma.MetricConfig(class_name='ExampleCount')] +
-              [_metric_config(name, task) for name in TASK_METRICS[task.type]] +
+              [_metric_config(name, task.thresholds, regression_tolerances(task))
+               for name in TASK_METRICS[task.type]] +
               _plots(task))
           for task in config.tasks
-      ])
+      ] + _score_specs(config))
+
+
+def _score_specs(config: PipelineConfig) -> List[tfma.MetricsSpec]:
+  """The ranking score against its label: AUC, mean prediction and label on every slice, and
+  with `group_by` NDCG@k over the groups (a spec of its own: TFMA groups its examples by the
+  query key, the label column giving the gains)."""
+  score = config.serving.score
+  if score is None:
+    return []
+  specs = [tfma.MetricsSpec(
+      output_names=[score.name],
+      metrics=[tfma.MetricConfig(class_name='ExampleCount')] +
+      [_metric_config(name, score.thresholds, score.max_regression)
+       for name in SCORE_METRICS if name != 'ndcg'])]
+  if score.group_by is not None:
+    ndcg = _metric_config('ndcg', score.thresholds, score.max_regression)
+    ndcg.config = json.dumps({'gain_key': score_label(config), 'top_k_list': [score.ndcg_k]})
+    specs.append(tfma.MetricsSpec(output_names=[score.name], query_key=score.group_by,
+                                  metrics=[ndcg]))
+  return specs
 
 
 CALIBRATION_BUCKETS = 20

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 
+from pipeline.config import SCORE_PRODUCT_FLOOR  # noqa: E402
 from pipeline.run_summary import SUMMARY_FILE  # noqa: E402
 
 REPORT_DIR = 'report'
@@ -163,9 +164,41 @@ def _verdict(passed: Optional[bool]) -> str:
   return '<td class="pass">pass</td>' if passed else '<td class="fail">FAIL</td>'
 
 
+def _judged_outputs(summary: Dict[str, Any]) -> Dict[str, Any]:
+  """Every judged output: the tasks, then the ranking score under its name."""
+  score = summary.get('score')
+  return {**summary.get('tasks', {}), **({score['name']: score} if score else {})}
+
+
+def score_formula(score: Dict[str, Any]) -> str:
+  """'score = 1 x click + 4 x conversion' or 'score = click^1 x conversion^0.5'."""
+  if score['combine'] == 'weighted_product':
+    terms = ' x '.join(f'max({n}, {SCORE_PRODUCT_FLOOR:g})^{w:g}'
+                       for n, w in score['weights'].items())
+  else:
+    terms = ' + '.join(f'{w:g} x {n}' for n, w in score['weights'].items())
+  return f'{score["name"]} = {terms}'
+
+
+def _score_section(summary: Dict[str, Any]) -> List[str]:
+  score = summary.get('score')
+  if not score:
+    return []
+  metrics = [m for m in ('auc', 'ndcg', 'mean_prediction', 'mean_label', 'example_count')
+             if m in score['metrics']]
+  rows = [[('NDCG@' + str(score['ndcg_k'])) if m == 'ndcg' else m, score['metrics'][m],
+           score['baseline_metrics'].get(m)] for m in metrics]
+  grouping = (f', NDCG@{score["ndcg_k"]} within each <code>{html.escape(score["group_by"])}'
+              '</code> holding a positive label' if score.get('group_by') else '')
+  return ['<h2>Ranking score</h2>',
+          f'<p><code>{html.escape(score_formula(score))}</code>, evaluated against '
+          f'<code>{html.escape(score["label"])}</code>{grouping}.</p>',
+          _table(['metric', 'value', 'served model'], rows)]
+
+
 def _task_rows(summary: Dict[str, Any]) -> str:
   rows = []
-  for name, task in summary.get('tasks', {}).items():
+  for name, task in _judged_outputs(summary).items():
     checks: List[Tuple[str, str, Any, str, Optional[bool]]] = []
     for metric, t in task.get('thresholds', {}).items():
       bound = ' and '.join(p for p in (f'&ge; {t["min"]:g}' if t['min'] is not None else '',
@@ -173,7 +206,7 @@ def _task_rows(summary: Dict[str, Any]) -> str:
                            if p)
       checks.append((metric, 'threshold', t['value'], t.get('undefined'), bound, t['passed']))
     for metric, c in task.get('vs_served', {}).items():
-      served = ('nothing served' if c['passed'] is None else
+      served = (c.get('not_compared', 'nothing served') if c['passed'] is None else
                 f'served {_fmt(c["baseline_value"])}, may regress {c["max_regression"]}')
       checks.append((metric, 'vs served', c['value'], c.get('undefined'), served, c['passed']))
     for metric, check, value, undefined, rule, passed in checks:
@@ -188,7 +221,7 @@ def _slice_rows(summary: Dict[str, Any]) -> str:
   """One row per task and slice: eval examples, each gated metric (else AUC or RMSE) next to
   the served model's, and the gate's verdict."""
   rows = []
-  for name, task in summary.get('tasks', {}).items():
+  for name, task in _judged_outputs(summary).items():
     shown = list(task.get('vs_served', {})) or [
         m for m in ('auc', 'root_mean_squared_error') if m in task.get('metrics', {})]
     for row in task.get('slices', []):
@@ -254,6 +287,7 @@ def render(summary: Dict[str, Any], images: Dict[str, Any]) -> str:
       '<table><tr><th>task</th><th>metric</th><th>check</th><th>value</th><th>rule</th>'
       '<th>result</th></tr>', _task_rows(summary), '</table>',
   ]
+  parts += _score_section(summary)
   slices = _slice_rows(summary)
   if slices:
     parts += ['<h2>Slices</h2>',

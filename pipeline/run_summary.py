@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
@@ -23,12 +23,13 @@ from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
 from components.log_example_gen import read_counts
-from components.served_baseline_evaluator import (BASELINE, CANDIDATE, NOT_EVALUATED_PROPERTY,
+from components.served_baseline_evaluator import (BASELINE, BASELINE_MISSING_OUTPUTS_PROPERTY,
+                                                  CANDIDATE, NOT_EVALUATED_PROPERTY,
                                                   OVERALL, SLICE_FAILURES_PROPERTY,
                                                   read_slices, read_undefined_metrics,
                                                   sliced_metric_values)
 from components.serving_pusher import PUSH_RECORD_FILE
-from pipeline.config import PipelineConfig, regression_tolerances
+from pipeline.config import PipelineConfig, regression_tolerances, score_label
 from trainer.run import TRAINING_SUMMARY_FILE
 
 SUMMARY_FILE = 'run_summary.json'
@@ -223,42 +224,56 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
   failures = [f for f in (_failed_thresholds(evaluation.uri) if evaluation is not None else [])
               if why_undefined(f['task'], f['metric'], f['check']) is None]
 
-  tasks = {}
-  for task in config.tasks:
-    values = metrics.get(task.name, {})
-    served = baseline.get(task.name, {})
-    failed = {(f['metric'], f['check']) for f in failures if f['task'] == task.name}
-    learned = training.get('tasks', {}).get(task.name, {})
+  # Outputs the served model lacks (a task or score added since): evaluated, not compared.
+  missing = json.loads(_custom(evaluation, BASELINE_MISSING_OUTPUTS_PROPERTY) or '[]'
+                       ) if evaluation is not None else []
+
+  def judged(output: str, bounds: Mapping[str, Any], tolerances: Mapping[str, Any]
+             ) -> Dict[str, Any]:
+    """An output's metrics next to the served model's, and its checks: thresholds,
+    max_regression against the served model, slices."""
+    values = metrics.get(output, {})
+    served = baseline.get(output, {})
+    failed = {(f['metric'], f['check']) for f in failures if f['task'] == output}
     thresholds = {}
-    for name, bound in task.thresholds.items():
+    for name, bound in bounds.items():
       thresholds[name] = {'min': bound.min, 'max': bound.max, 'value': values.get(name),
                           'passed': (name, 'threshold') not in failed and
                                     values.get(name) is not None}
-      reason = why_undefined(task.name, name, 'threshold')
+      reason = why_undefined(output, name, 'threshold')
       if reason:
         thresholds[name]['undefined'] = reason
     vs_served = {}
-    for name, tolerance in regression_tolerances(task).items():
-      reason = why_undefined(task.name, name, 'vs_served')
+    for name, tolerance in tolerances.items():
+      reason = why_undefined(output, name, 'vs_served')
       vs_served[name] = {
           'max_regression': tolerance,
           'value': values.get(name),
           'baseline_value': served.get(name),
           # None: nothing served to compare with (judged on thresholds alone).
-          'passed': (None if baseline_version is None
+          'passed': (None if baseline_version is None or output in missing
                      else (name, 'vs_served') not in failed and reason is None)}
-      if reason and baseline_version is not None:
+      if output in missing and baseline_version is not None:
+        vs_served[name]['not_compared'] = f'the served version has no output {output!r}'
+      elif reason and baseline_version is not None:
         vs_served[name]['undefined'] = reason
-    tasks[task.name] = {
-        'type': task.type,
-        'label': task.label,
+    return {
         'metrics': values,
-        'undefined_metrics': undefined[CANDIDATE].get(task.name, {}),
+        'undefined_metrics': undefined[CANDIDATE].get(output, {}),
         'baseline_metrics': served,
         'thresholds': thresholds,
         'vs_served': vs_served,
         'failed_checks': sorted(f'{check}:{metric}' for metric, check in failed),
-        'slices': _task_slices(task.name, sliced, judged_slices),
+        'slices': _task_slices(output, sliced, judged_slices),
+    }
+
+  tasks = {}
+  for task in config.tasks:
+    learned = training.get('tasks', {}).get(task.name, {})
+    tasks[task.name] = {
+        'type': task.type,
+        'label': task.label,
+        **judged(task.name, task.thresholds, regression_tolerances(task)),
         'sigma': learned.get('sigma'),
         'loss_weight': learned.get('loss_weight'),
         'sigma_by_epoch': learned.get('sigma_by_epoch', []),
@@ -267,9 +282,16 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
         'eval_loss_by_epoch': learned.get('eval_loss_by_epoch', []),
     }
   summary['tasks'] = tasks
+  score = config.serving.score
+  summary['score'] = None if score is None else {
+      'name': score.name, 'combine': score.combine, 'weights': dict(score.weights),
+      'label': score_label(config), 'group_by': score.group_by,
+      'ndcg_k': score.ndcg_k if score.group_by else None,
+      **judged(score.name, score.thresholds, score.max_regression)}
   summary['blessed'] = blessed
   summary['baseline'] = ({'version': baseline_version,
-                          'path': _custom(evaluation, 'baseline_path')}
+                          'path': _custom(evaluation, 'baseline_path'),
+                          'missing_outputs': missing}
                          if baseline_version is not None else None)
   not_evaluated = json.loads(_custom(blessing, NOT_EVALUATED_PROPERTY) or '[]'
                              ) if blessing is not None else []
@@ -325,10 +347,12 @@ def _shown(value: Optional[float], check: Dict[str, Any]) -> str:
 
 
 def format_table(summary: Dict[str, Any]) -> str:
-  """The per-task table printed at the end of a run."""
+  """The per-task table printed at the end of a run (the ranking score last, by its name)."""
   lines = [f'{"task":<12} {"metric":<34} {"value":>10} {"threshold":>16}  passed',
            '-' * 82]
-  for task_name, task in summary['tasks'].items():
+  score = summary.get('score')
+  outputs = {**summary['tasks'], **({score['name']: score} if score else {})}
+  for task_name, task in outputs.items():
     shown = set()
     for metric, t in task['thresholds'].items():
       bound = ' '.join(p for p in (f'>={t["min"]:g}' if t['min'] is not None else '',
@@ -346,7 +370,7 @@ def format_table(summary: Dict[str, Any]) -> str:
       lines.append(f'{task_name:<12} {metric + " vs served":<34} '
                    f'{_shown(value, check):>10} {allowed:>16}  '
                    f'{"yes" if check["passed"] else "NO"}')
-    for metric in ('auc', 'root_mean_squared_error'):
+    for metric in ('auc', 'root_mean_squared_error', 'ndcg'):
       if metric in task['metrics'] and metric not in shown:
         value = task['metrics'][metric]
         lines.append(f'{task_name:<12} {metric:<34} '

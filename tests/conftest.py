@@ -80,7 +80,9 @@ def e2e_run(tmp_path_factory):
     f.write(b'\n'.join(line for line, _ in BAD_LINES) + b'\n')
   config = sample_config(
       data={'input_base': str(logs)},
-      serving={'push_dir': str(root / 'serving')},
+      serving={'push_dir': str(root / 'serving'), 'score': {
+          'weights': {'click': 1.0, 'conversion': 4.0}, 'label': 'click', 'group_by': 'user_id',
+          'thresholds': {'auc': {'min': 0.55}}, 'max_regression': {'auc': 0.05}}},
       training={'train_steps': 120, 'eval_steps': 40},
       evaluation={'slices': ['device']})
   # Small data: bless on "clearly better than chance" rather than the production thresholds.
@@ -126,6 +128,26 @@ def output_uri(e2e_run, node, key):
   nodes = read_run(mlmd_store(e2e_run['run_dir']), e2e_run['config'].name)['nodes']
   [artifact] = nodes[node]['outputs'][key]
   return artifact.uri
+
+
+def eval_rows(e2e_run, fields):
+  """The shared run's eval split: its serialized examples, and {field: NumPy array of each
+  example's first value} for the named fields (strings decoded)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  split = os.path.join(output_uri(e2e_run, 'LogExampleGen', 'examples'), 'Split-eval')
+  records, values = [], {field: [] for field in fields}
+  for path in sorted(glob.glob(os.path.join(split, '*.gz'))):
+    for record in tf.data.TFRecordDataset(path, compression_type='GZIP'):
+      example = tf.train.Example.FromString(record.numpy())
+      records.append(record.numpy())
+      for field in fields:
+        feature = example.features.feature[field]
+        value = (feature.bytes_list.value or feature.int64_list.value or
+                 feature.float_list.value)[0]
+        values[field].append(value.decode() if isinstance(value, bytes) else value)
+  return records, {field: np.array(v) for field, v in values.items()}
 
 
 def copy_e2e_run(e2e_run, dest):

@@ -32,7 +32,10 @@ BETWEEN_VALUES = (
     'is listed twice',                   # a name against the other entries' names
     'is neither loss (the total) nor a task',  # early_stopping.monitor against the tasks
     'is not a feature',                  # evaluation.slices against the features
-    'is not one of the tasks',           # inputs_from, the esmm tasks against the tasks
+    'is not one of the tasks',           # inputs_from, esmm and score terms against the tasks
+    'is not one of the binary tasks',    # serving.score.label against the tasks
+    'is already a model output',         # serving.score.name against the tasks
+    'is not a feature of the examples',  # serving.score.group_by against the features
 )
 
 
@@ -105,13 +108,15 @@ VALUES = [None, True, False, 0, 1, 2, 3, -1, 0.5, 0.07, 0.125, 2.5, 100, 20000, 
 def _entries(raw):
   """(description, the mapping holding the fields, the dataclass) for every kind of entry of
   the sample config: each section, a categorical and a numeric feature, a binary and a
-  regression task, the optimizers, a threshold and early stopping."""
+  regression task, the optimizers, a threshold, early stopping and the ranking score."""
   features = {f['type']: f for f in raw['features']}
   tasks = {t['type']: t for t in raw['tasks']}
   tasks['binary'].setdefault('optimizer', {})
   tasks['binary']['thresholds'].setdefault('auc', {'min': 0.5})
   raw['training']['early_stopping'] = {'patience': 2}
   raw['training'].setdefault('loss_weights_optimizer', {})
+  raw['serving']['score'] = {'weights': {'click': 1.0}, 'label': 'click', 'group_by': 'user_id',
+                             'thresholds': {'ndcg': {'min': 0.1}}}
   yield 'top level', raw, config_module.PipelineConfig
   for section in ('data', 'model', 'training', 'serving', 'evaluation', 'beam', 'kubeflow'):
     raw.setdefault(section, {})
@@ -127,6 +132,7 @@ def _entries(raw):
   yield ('loss weights optimizer', raw['training']['loss_weights_optimizer'],
          config_module.OptimizerConfig)
   yield 'threshold', tasks['binary']['thresholds']['auc'], config_module.Threshold
+  yield 'score', raw['serving']['score'], config_module.ScoreConfig
   yield 'early stopping', raw['training']['early_stopping'], config_module.EarlyStoppingConfig
 
 

@@ -76,7 +76,8 @@ def test_served_model_scores_raw_log_examples(e2e_run):
   serialized = [record_to_example(r, config, with_labels=False).SerializeToString()
                 for r in records]
   outputs = serve(examples=tf.constant(serialized))
-  assert set(outputs) == {t.name for t in config.tasks}
+  # one output per task, and the ranking score the shared run configures (tests/test_score.py)
+  assert set(outputs) == {t.name for t in config.tasks} | {config.serving.score.name}
   for task in config.tasks:
     values = outputs[task.name].numpy()
     assert values.shape == (64, 1), (task.name, values.shape)

@@ -286,6 +286,13 @@ def test_worse_model_is_not_blessed_and_not_pushed(worse_run, e2e_run):
   # The baseline was evaluated on the same eval split as when it was trained and pushed.
   assert click['vs_served']['auc']['baseline_value'] == pytest.approx(
       e2e_run['summary']['tasks']['click']['metrics']['auc'], abs=1e-6)
+  # The ranking score is judged against the served model's score as a task is.
+  score = summary['score']
+  assert score['vs_served']['auc']['passed'] is False
+  assert score['vs_served']['auc']['baseline_value'] == pytest.approx(
+      e2e_run['summary']['score']['metrics']['auc'], abs=1e-6)
+  assert any(reason.startswith('score: auc changed by')
+             for reason in summary['not_blessed_because']), summary['not_blessed_because']
   # The serving directory did not change.
   assert sorted(os.listdir(root / 'serving' / config.serving.model_name)) == worse_run['before']
   assert (root / 'serving' / 'models.config').read_text() == worse_run['models_config']

@@ -3,20 +3,17 @@
 served model and a candidate that is worse on one device only, and the gate's rule on its own."""
 
 import dataclasses
-import glob
-import os
 import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_model_analysis as tfma
 from sklearn.metrics import roc_auc_score
 from tfx import v1 as tfx
 
 from components.served_baseline_evaluator import (BASELINE, CANDIDATE, OVERALL,
                                                   ServedBaselineEvaluator, judge_slices)
-from conftest import output_uri, run_components
+from conftest import eval_rows, output_uri, run_components
 from pipeline.pipeline import build_eval_config
 from pipeline.report import render
 from pipeline.run_summary import build_summary, format_table
@@ -55,15 +52,8 @@ class _WorseOnOneDevice(tf.Module):
 
 def _eval_rows(e2e_run):
   """The eval split's serialized examples with their device and click label."""
-  split = os.path.join(output_uri(e2e_run, 'LogExampleGen', 'examples'), 'Split-eval')
-  records, devices, clicks = [], [], []
-  for path in sorted(glob.glob(os.path.join(split, '*.gz'))):
-    for record in tf.data.TFRecordDataset(path, compression_type='GZIP'):
-      example = tf.train.Example.FromString(record.numpy())
-      records.append(record.numpy())
-      devices.append(example.features.feature['device'].bytes_list.value[0].decode())
-      clicks.append(example.features.feature['click'].int64_list.value[0])
-  return records, np.array(devices), np.array(clicks)
+  records, values = eval_rows(e2e_run, ('device', 'click'))
+  return records, values['device'], values['click']
 
 
 @pytest.fixture(scope='module')

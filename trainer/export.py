@@ -14,6 +14,9 @@
   ingestion quarantines it as non_finite:item_price; request rows: [3]`). A finite value
   outside the range training saw is clamped to it by the transform graph
   (`trainer.preprocessing.transform_numeric`).
+- With `serving.score`, both also return the ranking score under its name: the task outputs
+  (and raw numeric features) combined by `RankingScore`, whose weights are variables of the
+  SavedModel, so that `mtlp rescore` can change them without retraining.
 - `transform_features`: serialized examples with every raw column -> transformed features and
   labels by name, unpacked from tf.Transform's packed columns (what the network sees: for
   debugging a prediction, and for benchmarks that time the network alone). TFMA does not run
@@ -22,18 +25,45 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Mapping
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline.config import PipelineConfig
+from pipeline.config import SCORE_PRODUCT_FLOOR, PipelineConfig, ScoreConfig
 from trainer.models import output_labels
 from trainer.preprocessing import network_inputs, unpack_transformed
 
 SERVING_SIGNATURE = 'serving_default'
 INSTANCES_SIGNATURE = 'predict_instances'
 TRANSFORM_SIGNATURE = 'transform_features'
+
+
+class RankingScore(tf.Module):
+  """serving.score in the graph: weighted_sum is sum_i w_i x_i, weighted_product is
+  prod_i max(x_i, SCORE_PRODUCT_FLOOR) ** w_i (computed as exp(sum_i w_i log max(...))).
+
+  The term names, the combination and the weights are saved with the model (the weights as a
+  variable), so a loaded model says what it computes and `rescore` can assign new weights.
+  """
+
+  def __init__(self, score: ScoreConfig):
+    super().__init__(name='ranking_score')
+    self.term_names = tf.Variable(list(score.weights), trainable=False, name='term_names')
+    self.combine = tf.Variable(score.combine, trainable=False, name='combine')
+    self.term_weights = tf.Variable([float(w) for w in score.weights.values()],
+                                    dtype=tf.float32, trainable=False, name='term_weights')
+    self._terms = list(score.weights)
+    self._product = score.combine == 'weighted_product'
+
+  def __call__(self, values: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """`values`: each term's [batch, 1] float32 value -> the score, [batch, 1]."""
+    stacked = tf.concat([tf.reshape(tf.cast(values[name], tf.float32), [-1, 1])
+                         for name in self._terms], axis=1)
+    if self._product:
+      stacked = tf.math.log(tf.maximum(stacked, SCORE_PRODUCT_FLOOR))
+    combined = tf.reduce_sum(stacked * self.term_weights[tf.newaxis, :], axis=1, keepdims=True)
+    return tf.exp(combined) if self._product else combined
 
 
 def serving_feature_spec(config: PipelineConfig, tf_transform_output: tft.TFTransformOutput
@@ -85,12 +115,19 @@ def make_serving_signatures(network: tf.keras.Model, config: PipelineConfig,
   output_names = list(output_labels(config))
   serving_spec = serving_feature_spec(config, tf_transform_output)
 
+  score = config.serving.score
+  if score is not None:
+    network.ranking_score = RankingScore(score)  # tracked: saved, and reassignable
+
   def predict(raw_features):
     with tf.control_dependencies(input_checks(config, raw_features)):
       raw_features = {name: tf.identity(value) for name, value in raw_features.items()}
     transformed = unpack_transformed(config, network.tft_layer(raw_features))
     outputs = network({name: transformed[name] for name in feature_names}, training=False)
-    return {name: outputs[name] for name in output_names}
+    served = {name: outputs[name] for name in output_names}
+    if score is not None:
+      served[score.name] = network.ranking_score({**raw_features, **served})
+    return served
 
   @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
   def serve_tf_examples_fn(serialized_examples):
