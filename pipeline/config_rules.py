@@ -235,8 +235,9 @@ class Const(Rule):
 
 @dataclasses.dataclass(frozen=True)
 class Either(Rule):
-  """The first rule whose schema type the value has parses it (its error is the one raised);
-  `Either(Const(0), Number(...))` takes 0 as 0 and reports other numbers' errors."""
+  """The value as the first of the rules that accepts it parses it. When none does, the error
+  is that of the first rule for the value's type (`Optional_(Number(minimum=1))` given 0 says
+  it must be >= 1), else the last rule's."""
   rules: Tuple[Rule, ...]
 
   def parse(self, value: Any, path: str) -> Any:

@@ -198,7 +198,8 @@ def test_every_config_key_is_documented():
               config_module.FeatureConfig, config_module.TaskConfig,
               config_module.ModelConfig, config_module.TrainingConfig,
               config_module.OptimizerConfig, config_module.EarlyStoppingConfig,
-              config_module.ServingConfig, config_module.EvaluationConfig,
+              config_module.ServingConfig, config_module.ScoreConfig,
+              config_module.EvaluationConfig,
               config_module.BeamConfig, config_module.KubeflowConfig]
   missing = [f'{cls.__name__}.{field.name}' for cls in sections
              for field in dataclasses.fields(cls) if f'`{field.name}`' not in doc]
