@@ -169,7 +169,8 @@ def test_served_esmm_returns_ctr_cvr_ctcvr(runs):
   examples = [record_to_example(r, config, with_labels=False).SerializeToString()
               for r in records]
   outputs = {k: v.numpy() for k, v in serve(examples=tf.constant(examples)).items()}
-  assert set(outputs) == {'click', 'conversion', 'dwell', 'ctr', 'cvr', 'ctcvr'}
+  assert set(outputs) == {'click', 'conversion', 'dwell', 'ctr', 'cvr', 'ctcvr',
+                          config.serving.score.name}  # the shared run's ranking score
   np.testing.assert_allclose(outputs['ctcvr'], outputs['ctr'] * outputs['cvr'], rtol=1e-5)
   assert np.all(outputs['ctcvr'] <= outputs['ctr'] + 1e-7)
   np.testing.assert_array_equal(outputs['conversion'], outputs['ctcvr'])

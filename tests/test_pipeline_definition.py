@@ -1,6 +1,8 @@
 """create_pipeline is a pure function of the config; its graph and TFMA config follow the tasks."""
 
 import dataclasses
+import json
+
 import tensorflow_model_analysis as tfma
 
 from conftest import sample_config
@@ -32,10 +34,19 @@ def test_eval_config_has_one_metrics_spec_per_task_with_its_thresholds():
   config = sample_config()
   eval_config = build_eval_config(config)
   [model_spec] = eval_config.model_specs
+  # every task's output, and the sample config's ranking score against the click label
   assert dict(model_spec.label_keys) == {'click': 'click', 'conversion': 'conversion',
-                                         'dwell': 'dwell_seconds'}
-  specs = {tuple(s.output_names): s for s in eval_config.metrics_specs}
-  assert set(specs) == {('click',), ('conversion',), ('dwell',)}
+                                         'dwell': 'dwell_seconds', 'score': 'click'}
+  specs = {tuple(s.output_names): s for s in eval_config.metrics_specs if not s.query_key}
+  assert set(specs) == {('click',), ('conversion',), ('dwell',), ('score',)}
+  assert {m.class_name for m in specs[('score',)].metrics} == {
+      'ExampleCount', 'AUC', 'MeanPrediction', 'MeanLabel'}
+  # NDCG@10 per user: its own spec, grouped by the query key, the click label as the gains
+  [ranking] = [s for s in eval_config.metrics_specs if s.query_key]
+  assert ranking.query_key == 'user_id' and list(ranking.output_names) == ['score']
+  [ndcg] = ranking.metrics
+  assert ndcg.class_name == 'NDCG'
+  assert json.loads(ndcg.config) == {'gain_key': 'click', 'top_k_list': [10]}
   click = {m.class_name: m for m in specs[('click',)].metrics}
   assert overall_threshold(click['AUC']).value_threshold.lower_bound.value == 0.6
   assert overall_threshold(click['Calibration']).value_threshold.upper_bound.value == 1.3
