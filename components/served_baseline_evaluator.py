@@ -347,6 +347,9 @@ class Executor(evaluator_executor.Executor):
     temp_dir = None
     evaluation = output_dict[standard_component_specs.EVALUATION_KEY][0]
     blessing = output_dict[standard_component_specs.BLESSING_KEY][0]
+    eval_config = tfma.EvalConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
+                              eval_config)
     if version is not None:
       served_path = os.path.join(push_dir, model_name, str(version))
       temp_dir = tempfile.mkdtemp(prefix='served-baseline-')
@@ -358,15 +361,13 @@ class Executor(evaluator_executor.Executor):
       for artifact in (evaluation, blessing):
         artifact.set_int_custom_property(BASELINE_VERSION_PROPERTY, version)
         artifact.set_string_custom_property(BASELINE_PATH_PROPERTY, served_path)
-      eval_config = tfma.EvalConfig()
-      proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
-                                eval_config)
       missing = sorted({o for spec in eval_config.metrics_specs for o in spec.output_names}
                        - set(served_outputs(served_path)))
       if missing:
+        eval_config = without_baseline(eval_config, missing)
         exec_properties = dict(exec_properties)
         exec_properties[standard_component_specs.EVAL_CONFIG_KEY] = proto_utils.proto_to_json(
-            without_baseline(eval_config, missing))
+            eval_config)
         for artifact in (evaluation, blessing):
           artifact.set_string_custom_property(BASELINE_MISSING_OUTPUTS_PROPERTY,
                                               json.dumps(missing))
@@ -375,9 +376,6 @@ class Executor(evaluator_executor.Executor):
     finally:
       if temp_dir:
         shutil.rmtree(temp_dir, ignore_errors=True)
-    eval_config = tfma.EvalConfig()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY],
-                              eval_config)
     sliced = sliced_metric_values(evaluation.uri)
     self._judge_undefined_metrics(evaluation, blessing, eval_config,
                                   sliced.get(OVERALL, {CANDIDATE: {}, BASELINE: {}}),

@@ -191,6 +191,9 @@ class OptimizerConfig:
       'are not decayed.', rule=_FRACTION)
 
 
+# A metric's bounds, and how much worse than the served model's it may get: for tasks and score.
+_THRESHOLD = Section(Threshold, at_least_one=True)
+_TOLERANCE = Either((Number(minimum=0.0), Percentage()))
 _TASK_METRIC_NAMES = tuple(dict.fromkeys(m for ms in TASK_METRICS.values() for m in ms))
 
 
@@ -209,7 +212,7 @@ class TaskConfig:
   thresholds: Mapping[str, Threshold] = field(
       {}, doc='{metric: {min, max}}: the model is blessed only if every one passes (TFMA '
       'metric names; which ones depend on the task type).',
-      rule=MapOf(OneOf(_TASK_METRIC_NAMES, ' (metric)'), Section(Threshold, at_least_one=True)))
+      rule=MapOf(OneOf(_TASK_METRIC_NAMES, ' (metric)'), _THRESHOLD))
   inputs_from: Sequence[str] = field(
       (), doc="Other tasks whose estimates this task's head takes as inputs, under "
       'stop_gradient; no cycles.', rule=Optional_(ListOf(Name(), 'task names')))
@@ -219,8 +222,7 @@ class TaskConfig:
       {}, doc='Against the served model: how much worse each metric may get, in its own units '
       "(a number) or relative to the served value (a string such as '2%'). Empty: binary "
       "{auc: 0.01}, regression {root_mean_squared_error: '2%'}.",
-      rule=MapOf(OneOf(tuple(METRIC_DIRECTIONS), ' (metric)'),
-                 Either((Number(minimum=0.0), Percentage()))))
+      rule=MapOf(OneOf(tuple(METRIC_DIRECTIONS), ' (metric)'), _TOLERANCE))
   label_min: Optional[float] = field(
       None, doc='regression: ingestion quarantines a label below it (out_of_range:<label>).',
       rule=_BOUND, **_REGRESSION_ONLY)
@@ -434,11 +436,10 @@ class ScoreConfig:
   thresholds: Mapping[str, Threshold] = field(
       {}, doc='{metric: {min, max}} (auc, mean_prediction, mean_label, ndcg): the model is '
       'blessed only if every one passes.',
-      rule=MapOf(OneOf(SCORE_METRICS, ' (metric)'), Section(Threshold, at_least_one=True)))
+      rule=MapOf(OneOf(SCORE_METRICS, ' (metric)'), _THRESHOLD))
   max_regression: Mapping[str, Union[float, str]] = field(
       {}, doc="Against the served model's score, as for a task (auc, ndcg); empty: not "
-      'compared.', rule=MapOf(OneOf(('auc', 'ndcg'), ' (metric)'),
-                              Either((Number(minimum=0.0), Percentage()))))
+      'compared.', rule=MapOf(OneOf(('auc', 'ndcg'), ' (metric)'), _TOLERANCE))
 
   def check(self, path: str) -> None:
     for key in ('thresholds', 'max_regression'):
@@ -773,13 +774,12 @@ def order_tasks(tasks: Sequence[TaskConfig]) -> List[TaskConfig]:
   return ordered
 
 
-def _checked_training(training: TrainingConfig, tasks: Sequence[TaskConfig]) -> TrainingConfig:
+def _check_training(training: TrainingConfig, tasks: Sequence[TaskConfig]) -> None:
   stopping = training.early_stopping
   names = [t.name for t in tasks]
   if stopping is not None and stopping.monitor != 'loss' and stopping.monitor not in names:
     raise ConfigError(f'training.early_stopping.monitor: {stopping.monitor!r} is neither loss '
                       f'(the total) nor a task ({", ".join(names)})')
-  return training
 
 
 def _check_model(model: ModelConfig, tasks: Sequence[TaskConfig]) -> None:
@@ -814,7 +814,7 @@ def _check_score(config: PipelineConfig) -> None:
     if name not in tasks and name not in numeric:
       raise ConfigError(f'serving.score.weights.{name}: is not one of the tasks '
                         f'({", ".join(tasks)}) or numeric features ({", ".join(numeric)})')
-  label = next((t for t in config.tasks if score.label in (t.name, t.label)), None)
+  label = _score_label_task(config)
   if label is None or label.type != 'binary':
     binary = ', '.join(t.name for t in config.tasks if t.type == 'binary')
     raise ConfigError(f'serving.score.label: {score.label!r} is not one of the binary tasks '
@@ -825,13 +825,17 @@ def _check_score(config: PipelineConfig) -> None:
                       f'examples to group by ({", ".join(dict.fromkeys(groups))})')
 
 
-def score_label(config: PipelineConfig) -> Optional[str]:
-  """The label column the score is evaluated against (serving.score.label names a task or its
-  label)."""
+def _score_label_task(config: PipelineConfig) -> Optional[TaskConfig]:
+  """The task serving.score.label names (by its name or its label), if any."""
   score = config.serving.score
-  if score is None:
-    return None
-  return next(t.label for t in config.tasks if score.label in (t.name, t.label))
+  return None if score is None else next(
+      (t for t in config.tasks if score.label in (t.name, t.label)), None)
+
+
+def score_label(config: PipelineConfig) -> Optional[str]:
+  """The label column the score is evaluated against."""
+  task = _score_label_task(config)
+  return None if task is None else task.label
 
 
 def parse_config(raw: Any) -> PipelineConfig:
@@ -865,7 +869,7 @@ def parse_config(raw: Any) -> PipelineConfig:
   _check_model(config.model, tasks)
   _check_score(config)
   _check_evaluation(config.evaluation, features)
-  _checked_training(config.training, tasks)
+  _check_training(config.training, tasks)
   return config
 
 

@@ -19,7 +19,7 @@ matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from pipeline.config import SCORE_PRODUCT_FLOOR  # noqa: E402
-from pipeline.run_summary import SUMMARY_FILE  # noqa: E402
+from pipeline.run_summary import SUMMARY_FILE, judged_outputs  # noqa: E402
 
 REPORT_DIR = 'report'
 PAGE = 'index.html'
@@ -164,12 +164,6 @@ def _verdict(passed: Optional[bool]) -> str:
   return '<td class="pass">pass</td>' if passed else '<td class="fail">FAIL</td>'
 
 
-def _judged_outputs(summary: Dict[str, Any]) -> Dict[str, Any]:
-  """Every judged output: the tasks, then the ranking score under its name."""
-  score = summary.get('score')
-  return {**summary.get('tasks', {}), **({score['name']: score} if score else {})}
-
-
 def score_formula(score: Dict[str, Any]) -> str:
   """'score = 1 x click + 4 x conversion' or 'score = click^1 x conversion^0.5'."""
   if score['combine'] == 'weighted_product':
@@ -198,7 +192,7 @@ def _score_section(summary: Dict[str, Any]) -> List[str]:
 
 def _task_rows(summary: Dict[str, Any]) -> str:
   rows = []
-  for name, task in _judged_outputs(summary).items():
+  for name, task in judged_outputs(summary).items():
     checks: List[Tuple[str, str, Any, str, Optional[bool]]] = []
     for metric, t in task.get('thresholds', {}).items():
       bound = ' and '.join(p for p in (f'&ge; {t["min"]:g}' if t['min'] is not None else '',
@@ -221,7 +215,7 @@ def _slice_rows(summary: Dict[str, Any]) -> str:
   """One row per task and slice: eval examples, each gated metric (else AUC or RMSE) next to
   the served model's, and the gate's verdict."""
   rows = []
-  for name, task in _judged_outputs(summary).items():
+  for name, task in judged_outputs(summary).items():
     shown = list(task.get('vs_served', {})) or [
         m for m in ('auc', 'root_mean_squared_error') if m in task.get('metrics', {})]
     for row in task.get('slices', []):

@@ -51,7 +51,9 @@ def example_values(serialized: bytes, names) -> Dict[str, float]:
   return values
 
 
-def _score_of(loaded: Any, version_dir: str, score: ScoreConfig) -> Dict[str, Any]:
+def _served_weights(loaded: Any, version_dir: str, score: ScoreConfig) -> Dict[str, float]:
+  """The weights of the loaded model's score, which must combine the config's terms the
+  config's way."""
   module = getattr(loaded, 'ranking_score', None)
   if module is None:
     raise ConfigError(f'serving.score: {version_dir} was exported without a ranking score; '
@@ -63,15 +65,15 @@ def _score_of(loaded: Any, version_dir: str, score: ScoreConfig) -> Dict[str, An
         f'serving.score: {version_dir} computes {combine} of {", ".join(terms)}, the config '
         f'{score.combine} of {", ".join(score.weights)}: only the weights change without '
         'retraining (a new term or combination needs a pipeline run)')
-  return {'terms': terms, 'combine': combine,
-          'weights': dict(zip(terms, (float(w) for w in module.term_weights.numpy())))}
+  return dict(zip(terms, (float(w) for w in module.term_weights.numpy())))
 
 
 def _rescored_samples(sample: Dict[str, Any], config: PipelineConfig) -> Dict[str, Any]:
   score = config.serving.score
   examples = [base64.b64decode(e) for e in sample['examples']]
   features = [n for n in score.weights if n not in sample['predictions']]
-  values = {n: [example_values(e, features)[n] for e in examples] for n in features}
+  parsed = [example_values(e, features) for e in examples]
+  values = {n: [row[n] for row in parsed] for n in features}
   values.update({n: sample['predictions'][n] for n in score.weights if n not in features})
   predictions = dict(sample['predictions'])
   predictions[score.name] = [[float(v)] for v in score_values(score, values)]
@@ -96,7 +98,7 @@ def rescore(config: PipelineConfig, version: Optional[int] = None, push: bool = 
                       f' to rescore under {base}')
   source = os.path.join(base, str(version))
   loaded = tf.saved_model.load(source, tags=['serve'])
-  before = _score_of(loaded, source, score)
+  before = _served_weights(loaded, source, score)
   loaded.ranking_score.term_weights.assign([float(w) for w in score.weights.values()])
   staging_root = tempfile.mkdtemp(prefix='rescore-')
   try:
@@ -111,7 +113,7 @@ def rescore(config: PipelineConfig, version: Optional[int] = None, push: bool = 
     with tf.io.gfile.GFile(os.path.join(staged, serving_requests.SAMPLE_PREDICTIONS_FILE),
                            'w') as f:
       json.dump(_rescored_samples(sample, config), f)
-    record = {'from_version': version, 'weights_before': before['weights'],
+    record = {'from_version': version, 'weights_before': before,
               'weights': dict(score.weights), 'combine': score.combine}
     with tf.io.gfile.GFile(os.path.join(staged, RESCORE_FILE), 'w') as f:
       json.dump(record, f, indent=2, sort_keys=True)

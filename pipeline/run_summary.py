@@ -346,13 +346,17 @@ def _shown(value: Optional[float], check: Dict[str, Any]) -> str:
   return 'undefined' if check.get('undefined') else 'n/a'
 
 
+def judged_outputs(summary: Dict[str, Any]) -> Dict[str, Any]:
+  """Every judged output of a summary: the tasks, then the ranking score under its name."""
+  score = summary.get('score')
+  return {**summary.get('tasks', {}), **({score['name']: score} if score else {})}
+
+
 def format_table(summary: Dict[str, Any]) -> str:
   """The per-task table printed at the end of a run (the ranking score last, by its name)."""
   lines = [f'{"task":<12} {"metric":<34} {"value":>10} {"threshold":>16}  passed',
            '-' * 82]
-  score = summary.get('score')
-  outputs = {**summary['tasks'], **({score['name']: score} if score else {})}
-  for task_name, task in outputs.items():
+  for task_name, task in judged_outputs(summary).items():
     shown = set()
     for metric, t in task['thresholds'].items():
       bound = ' '.join(p for p in (f'>={t["min"]:g}' if t['min'] is not None else '',

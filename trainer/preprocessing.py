@@ -141,8 +141,8 @@ def transform_piecewise_linear(values: tf.Tensor, feature: FeatureConfig,
   are 1 and the rest 0, with the value's position in its own bin in between. The outer edges
   are `value_range` (`analysed_range`: the data's min and max). Quantiles can coincide (a
   value held by many rows, such as capital gains of 0): such a bin has no width and gives 1
-  from its edge on. A value outside
-  the analysed range is encoded as the range's nearest end (as `transform_numeric` clamps).
+  from its edge on. A value outside the analysed range is encoded as the range's nearest end
+  (as `transform_numeric` clamps).
   Returns one tensor per bin."""
   values = tf.cast(_dense(values), tf.float32)
   inner = tft.quantiles(values, feature.piecewise_linear,
