@@ -79,6 +79,18 @@ def _read(input_base: str, pattern: str, fields: List[str]) -> Tuple[List[Dict[s
   return rows, skipped
 
 
+def _example_weights(rows: List[Dict[str, Any]], task, np):
+  """A task's example weight per row: its row weight (or 1) where every `space.where` field
+  has its value (as text) and, with `label_present`, the label is there; 0 elsewhere."""
+  where = {name: str(value) for name, value in (task.space.where.items() if task.space else ())}
+  present = bool(task.space and task.space.label_present)
+  return np.asarray([
+      (float(r[task.weight]) if task.weight else 1.0)
+      if all(str(r.get(name)) == value for name, value in where.items())
+      and not (present and r.get(task.label) is None) else 0.0
+      for r in rows], dtype=np.float32)
+
+
 def _is_eval(value: Any, eval_buckets: int, buckets: int) -> bool:
   """TFX's ExampleGen split (`_PartitionFn` with `partition_feature_name`): sha256 of the
   key's tf.train.Feature, serialized, modulo the buckets; train holds the first ones."""
@@ -111,7 +123,7 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
       mean_squared_error, roc_auc_score)
   from pipeline.config import SPLIT_BUCKETS, load_config  # pylint: disable=g-import-not-at-top
   from trainer.model import MultiTaskModel  # pylint: disable=g-import-not-at-top
-  from trainer.models import build_network  # pylint: disable=g-import-not-at-top
+  from trainer.models import build_network, output_weights  # pylint: disable=g-import-not-at-top
   config = load_config(config_path, base_dir=REPO)
   unsupported = [f.name for f in config.features if f.type == 'numeric' and (
       f.buckets or f.periodic or f.piecewise_linear)]
@@ -120,7 +132,8 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
                      'periodic or piecewise_linear')
   timings = {}
   t0 = time.time()
-  fields = [f.name for f in config.features] + [t.label for t in config.tasks] + [
+  # A label of a task with a space may be absent (outside the space it reads 0).
+  fields = [f.name for f in config.features] + [t.label for t in config.tasks if not t.space] + [
       config.data.split_key]
   rows, skipped = _read(input_base, config.data.file_pattern, fields)
   timings['read'] = time.time() - t0
@@ -156,8 +169,12 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
         std = train.std()
         clamped = (clamped - train.mean()) / (std if std > 0 else 1.0)
       columns[feature.name] = clamped.astype(np.float32)
-  labels = {t.label: np.asarray([r[t.label] for r in rows], dtype=np.float32)
+  labels = {t.label: np.asarray([r.get(t.label) or 0 for r in rows], dtype=np.float32)
             for t in config.tasks}  # keyed as the training step reads them
+  # Each task's example weight (tasks[].space, tasks[].weight), read by the training step too.
+  labels.update({t.weight_column: _example_weights(rows, t, np)
+                 for t in config.tasks if t.weight_column})
+  evaluated_on = output_weights(config)  # {output: weight column}: the tasks on a space
   timings['vocabularies_and_scaling'] = time.time() - t0
 
   t0 = time.time()
@@ -165,8 +182,9 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
   train_features = {k: v[~is_eval] for k, v in columns.items()}
   train_labels = {k: v[~is_eval] for k, v in labels.items()}
   # The initial output bias of a regression head (binary heads start at 0, as in the Trainer).
-  label_means = {t.name: float(train_labels[t.label].mean()) for t in config.tasks
-                 if t.type == 'regression'}
+  label_means = {t.name: float(np.average(
+      train_labels[t.label], weights=train_labels.get(t.weight_column)))
+                 for t in config.tasks if t.type == 'regression'}
   model = MultiTaskModel(build_network(config, cardinalities, label_means), config)
   model.compile(optimizer=model.group_optimizers['trunk'])
   dataset = (tf.data.Dataset.from_tensor_slices((train_features, train_labels))
@@ -182,10 +200,12 @@ def run_script(config_path: str, input_base: str, out: str) -> None:
   for task in config.tasks:
     truth = labels[task.label][is_eval]
     predicted = np.asarray(predictions[task.name]).reshape(-1)
-    metrics[task.name] = ({'auc': float(roc_auc_score(truth, predicted))}
+    column = evaluated_on.get(task.name)
+    weights = labels[column][is_eval] if column else None
+    metrics[task.name] = ({'auc': float(roc_auc_score(truth, predicted, sample_weight=weights))}
                           if task.type == 'binary' else
                           {'root_mean_squared_error': float(np.sqrt(mean_squared_error(
-                              truth, predicted)))})
+                              truth, predicted, sample_weight=weights)))})
   timings['evaluate'] = time.time() - t0
   with open(out, 'w') as f:
     json.dump({'rows': len(rows), 'skipped': skipped, 'train': int((~is_eval).sum()),

@@ -8,7 +8,8 @@ directly (1, 4) or through the whole local pipeline (2, 3):
 2. Oracle gap: per task on the sample logs' eval split, the model's AUC (or RMSE) next to two
    oracles computed from the generator's ground truth for the same rows: the user's own
    probabilities, and the best a model can do for users unseen in training (the probabilities
-   averaged over the individual part of a user of the row's segment).
+   averaged over the individual part of a user of the row's segment). Each task on the rows
+   of its space: click on every impression, conversion (pCVR) and dwell after a click.
 3. Weighting and balancing: uncertainty, equal, fixed, DWA, GradNorm, uncertainty with PCGrad,
    and MMoE and DCN-V2 cross layers, dwell in raw seconds.
 4. MMoE vs shared-bottom on the MMoE paper's synthetic tasks at correlations 1.0, 0.9, 0.5,
@@ -206,22 +207,28 @@ def _records(directory: str):
 
 
 def _oracle(logs_dir: str, truth_dir: str, users: set) -> Dict[str, float]:
-  """Both oracles' metrics on the eval rows: '' scores with the user's own truth, '_segment'
-  with the segment's (what is knowable about a user never seen in training)."""
+  """Both oracles' metrics on the eval rows of each task's space (the sample config's:
+  click on every impression, conversion and dwell after a click): '' scores with the user's
+  own truth, '_segment' with the segment's (what is knowable about a user never seen in
+  training)."""
   rows = {r['impression_id']: r for r in _records(logs_dir) if r['user_id'] in users}
   truth = {t['impression_id']: t for t in _records(truth_dir) if t['impression_id'] in rows}
   ids = sorted(rows)
+  clicked = sorted(i for i in ids if rows[i]['click'] == 1)
   click = np.array([rows[i]['click'] for i in ids])
-  conversion = np.array([rows[i]['conversion'] for i in ids])
-  dwell = np.array([rows[i]['dwell_seconds'] for i in ids])
-  oracle = {'dwell_rmse_of_mean': float(np.std(dwell)), 'eval_rows': len(ids)}
+  conversion = np.array([rows[i]['conversion'] for i in clicked])
+  dwell = np.array([rows[i]['dwell_seconds'] for i in clicked])
+  oracle = {'dwell_rmse_of_mean': float(np.std(dwell)), 'eval_rows': len(ids),
+            'eval_rows_clicked': len(clicked)}
+  # E[dwell | click] depends on the item and the device, not on the user: one truth for both.
+  expected_dwell = np.array([truth[i]['dwell_given_click'] for i in clicked])
   for suffix in ('', '_segment'):
-    def column(name):
-      return np.array([truth[i][name + suffix] for i in ids])
+    def column(name, among):
+      return np.array([truth[i][name + suffix] for i in among])
     oracle.update({
-        'click_auc' + suffix: _auc(click, column('p_click')),
-        'conversion_auc' + suffix: _auc(conversion, column('p_conversion')),
-        'dwell_rmse' + suffix: float(np.sqrt(np.mean((dwell - column('expected_dwell')) ** 2))),
+        'click_auc' + suffix: _auc(click, column('p_click', ids)),
+        'conversion_auc' + suffix: _auc(conversion, column('p_cvr', clicked)),
+        'dwell_rmse' + suffix: float(np.sqrt(np.mean((dwell - expected_dwell) ** 2))),
     })
   return oracle
 

@@ -30,7 +30,9 @@ patterns, range configs) and the Kubeflow V2 ExampleGen launcher apply unchanged
   top reasons and the quarantine location, before anything trains on the data;
 - each split's example count is kept (`examples_by_split` in `counts.json`); a split left
   empty (every record quarantined, or a split key with too few values for the eval share)
-  fails the component, naming the split, the counts and the likely cause.
+  fails the component, naming the split, the counts and the likely cause;
+- per task, the examples of each split in its space (`task_rows_by_split`); a task whose space
+  is empty in a split fails the component, naming the task and its space.
 
 Train/eval are split by a hash of the config's split key (`partition_feature_name`), so a user
 is never in both splits.
@@ -564,12 +566,13 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     quarantine.set_int_custom_property('num_empty_files', counts['num_empty_files'])
     quarantine.set_string_custom_property('unknown_fields', json.dumps(counts['unknown_fields']))
     counts['examples_by_split'] = {name: split['count'] for name, split in by_split.items()}
+    config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
+    counts['task_rows_by_split'] = task_rows_by_split(by_split, config)
     quarantine.set_string_custom_property('examples_by_split',
                                           json.dumps(counts['examples_by_split']))
     with tf.io.gfile.GFile(os.path.join(quarantine.uri, COUNTS_FILE), 'w') as f:
       f.write(json.dumps(dict(counts, spans=spans), sort_keys=True))
 
-    config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
     total = counts['num_ingested'] + counts['num_quarantined']
     if total == 0:
       input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
@@ -597,7 +600,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
           f'(data.max_rejected_fraction={config.data.max_rejected_fraction:.2%} let the '
           'ingestion pass). Nothing to train on; the run stops before StatisticsGen and '
           f'Transform. Quarantined records: {_preserve(quarantine.uri)}')
-    message = empty_split_message(by_split, config)
+    message = empty_split_message(by_split, config) or empty_space_message(by_split, config)
     if message:
       raise RuntimeError(message)
 
@@ -609,7 +612,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     (see components/spill.py). Same files: `Split-<name>/data_tfrecord-*.gz`.
 
     Returns {split: {'count': examples, 'keys': up to SPLIT_KEYS_COUNTED + 1 distinct values
-    of the split key, sorted}}."""
+    of the split key, sorted, 'task_rows': {task with a space or row weight: examples with a
+    positive weight}}}."""
     input_config = example_gen_pb2.Input()
     proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
                               input_config)
@@ -622,6 +626,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     share = {split.name: split.hash_buckets for split in output_config.split_config.splits}
     split_key = output_config.split_config.partition_feature_name
     counts_uri = os.path.join(exec_properties[_SPILL_URI], _SPLIT_COUNTS_DIR)
+    config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
+    weight_columns = {t.name: t.weight_column for t in config.tasks if t.weight_column}
     with self._make_beam_pipeline() as pipeline:
       for name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
         # The split's share of the window's buckets.
@@ -641,7 +647,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                               write_split.DEFAULT_TF_RECORD_FILE_NAME))))
         _ = (split
              | f'CountSplit[{name}]' >> beam.CombineGlobally(
-                 _SplitCounter(split_key, SPLIT_KEYS_COUNTED + 1))
+                 _SplitCounter(split_key, SPLIT_KEYS_COUNTED + 1, weight_columns))
              | f'WriteSplitCounts[{name}]' >> beam.io.WriteToText(
                  os.path.join(counts_uri, name), shard_name_template=''))
     examples_utils.set_payload_format(
@@ -656,33 +662,42 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
 
 class _SplitCounter(beam.CombineFn):
-  """A split's example count and up to `limit` distinct values of the split key (sorted, as
-  text): enough to tell a key with one value from one with many. Past `limit` values an
-  example costs one addition."""
+  """A split's example count, up to `limit` distinct values of the split key (sorted, as
+  text): enough to tell a key with one value from one with many, and per task with a space or
+  row weight (`weight_columns`: {task: column}) its examples with a positive weight. Past
+  `limit` values an example costs one addition per weighted task."""
 
-  def __init__(self, split_key: str, limit: int):
+  def __init__(self, split_key: str, limit: int, weight_columns: Dict[str, str]):
     super().__init__()
     self._split_key = split_key
     self._limit = limit
+    self._weight_columns = dict(weight_columns)
 
   def create_accumulator(self):
-    return [0, set()]
+    return [0, set(), collections.Counter()]
 
   def add_input(self, accumulator, example: tf.train.Example):
     accumulator[0] += 1
     if len(accumulator[1]) < self._limit:
       accumulator[1].add(_feature_text(example, self._split_key))
+    features = example.features.feature
+    for task, column in self._weight_columns.items():
+      if features[column].float_list.value[0] > 0:
+        accumulator[2][task] += 1
     return accumulator
 
   def merge_accumulators(self, accumulators):
-    count, keys = 0, set()
-    for n, more in accumulators:
+    count, keys, rows = 0, set(), collections.Counter()
+    for n, more, more_rows in accumulators:
       count += n
       keys |= more
-    return [count, set(sorted(keys)[:self._limit])]
+      rows.update(more_rows)
+    return [count, set(sorted(keys)[:self._limit]), rows]
 
   def extract_output(self, accumulator) -> str:
-    return json.dumps({'count': accumulator[0], 'keys': sorted(accumulator[1])})
+    return json.dumps({'count': accumulator[0], 'keys': sorted(accumulator[1]),
+                       'task_rows': {task: accumulator[2][task]
+                                     for task in self._weight_columns}})
 
 
 def _feature_text(example: tf.train.Example, name: str) -> str:
@@ -695,6 +710,36 @@ def _feature_text(example: tf.train.Example, name: str) -> str:
   if feature.int64_list.value:
     return str(feature.int64_list.value[0])
   return ''
+
+
+def task_rows_by_split(by_split: Dict[str, Dict[str, Any]], config: PipelineConfig
+                       ) -> Dict[str, Dict[str, int]]:
+  """{task: {split: examples in the task's space}} (every example for a task without a space
+  or row weight), from what `_write_examples` returns."""
+  return {t.name: {name: (split['task_rows'][t.name] if t.weight_column else split['count'])
+                   for name, split in by_split.items()} for t in config.tasks}
+
+
+def empty_space_message(by_split: Dict[str, Dict[str, Any]],
+                        config: PipelineConfig) -> Optional[str]:
+  """Why a task cannot be trained or evaluated: its space has no example (with a positive
+  weight) in a split; None when every task has some in every split."""
+  rows = task_rows_by_split(by_split, config)
+  for task in config.tasks:
+    for split, count in rows[task.name].items():
+      if count == 0 and by_split[split]['count']:
+        where = ' and '.join(f'{name} == {value!r}' for name, value in
+                             (task.space.where.items() if task.space else ()))
+        space = ', '.join(part for part in (
+            where and f'where {where}',
+            task.space and task.space.label_present and f'{task.label} present',
+            task.weight and f'{task.weight} > 0') if part)
+        return (f'Task {task.name!r} has no example in the {split} split: none of its '
+                f'{by_split[split]["count"]} examples is in its space ({space}), so it can be '
+                f'neither {"trained" if split == "train" else "evaluated"}. Check tasks[].space '
+                'and tasks[].weight against the logs. The run stops before StatisticsGen and '
+                'Transform.')
+  return None
 
 
 def empty_split_message(by_split: Dict[str, Dict[str, Any]],

@@ -8,6 +8,8 @@ clients building serving requests all produce the same examples:
 - numeric feature     -> float feature;
 - binary label        -> int64 feature, 0 or 1 (JSON true/false accepted);
 - regression label    -> float feature;
+- a task with a space or a row weight -> also `<task>__weight`, a float feature: its example
+  weight (the row weight inside the space, 0 outside; `_label_and_weight`);
 - the split key (`data.split_key`), when it is not a feature -> bytes feature, like a
   categorical one: ingestion splits train/eval by it.
 
@@ -161,14 +163,69 @@ def record_to_example(record: Mapping[str, Any], config: PipelineConfig,
                     ('min', 'max')))
   if with_labels:
     for task in config.tasks:
-      value = value_of(task.label)
+      label, weight = _label_and_weight(task, record, config)
       if task.type == 'binary':
-        features[task.label].int64_list.value.append(_binary_label(task.label, value))
+        features[task.label].int64_list.value.append(int(label))
       else:
-        features[task.label].float_list.value.append(
-            _in_range(task.label, _finite_float(task.label, value), task.label_min,
-                      task.label_max, ('label_min', 'label_max')))
+        features[task.label].float_list.value.append(label)
+      if task.weight_column is not None:
+        features[task.weight_column].float_list.value.append(weight)
   return example
+
+
+def _label(task, value: Any) -> Union[int, float]:
+  if task.type == 'binary':
+    return _binary_label(task.label, value)
+  return _in_range(task.label, _finite_float(task.label, value), task.label_min, task.label_max,
+                   ('label_min', 'label_max'))
+
+
+def _in_space(task, record: Mapping[str, Any], config: PipelineConfig) -> bool:
+  """Whether the record meets every condition of the task's `space.where` (a field that is
+  absent or null meets none); a value present is read by its own field's rule."""
+  labels = {t.label for t in config.tasks}
+  for name, expected in task.space.where.items():
+    value = record.get(name)
+    if value is None:
+      return False
+    if name in labels:
+      if _binary_label(name, value) != expected:
+        return False
+    elif _categorical(name, value, config.data.max_string_bytes) != str(expected).encode():
+      return False
+  return True
+
+
+def _label_and_weight(task, record: Mapping[str, Any], config: PipelineConfig
+                      ) -> Tuple[Union[int, float], float]:
+  """The task's label as the example holds it and its example weight (`weight_column`).
+
+  Outside the task's space (`space.where` unmet, or with `label_present` a label absent or
+  null), the label may be absent: the example then holds 0 with weight 0 (ESMM reads that 0
+  as "not clicked and converted"); a label that is present is still checked. Inside, the label
+  is required and the weight is the row weight (`weight`, a finite number >= 0) or 1."""
+  value = record.get(task.label)
+  space = task.space
+  inside = space is None or not space.where or _in_space(task, record, config)
+  if value is None:
+    if space is None or (inside and not space.label_present):
+      raise RecordError(f'missing_field:{task.label}', f'required field {task.label} is missing'
+                        + (f' (task {task.name} is defined on this record)' if space else ''))
+    return 0, 0.0
+  label = _label(task, value)
+  if not inside:
+    return label, 0.0
+  if task.weight is None:
+    return label, 1.0
+  weight = record.get(task.weight)
+  if weight is None:
+    raise RecordError(f'missing_field:{task.weight}', f'required field {task.weight} (the row '
+                      f'weight of task {task.name}) is missing')
+  weight = _finite_float(task.weight, weight)
+  if weight < 0:
+    raise RecordError(f'out_of_range:{task.weight}',
+                      f'{task.weight} is {weight}; a row weight must be >= 0')
+  return label, weight
 
 
 def record_to_instance(record: Mapping[str, Any], config: PipelineConfig) -> Dict[str, Any]:
@@ -194,9 +251,9 @@ def record_to_instance(record: Mapping[str, Any], config: PipelineConfig) -> Dic
 
 
 def known_fields(config: PipelineConfig) -> FrozenSet[str]:
-  """The log fields the config reads: features, the split key and the labels."""
+  """The log fields the config reads: features, the split key, the labels and row weights."""
   return frozenset([f.name for f in config.features] + [config.data.split_key] +
-                   [t.label for t in config.tasks])
+                   [t.label for t in config.tasks] + [t.weight for t in config.tasks if t.weight])
 
 
 def unknown_fields(record: Mapping[str, Any], config: PipelineConfig,

@@ -27,6 +27,7 @@ from typing import List, Optional
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipeline.config import ConfigError, check_inputs, load_config
+from pipeline.sample_logs import POST_CLICK_LABELS
 
 LOG_FILE = 'run.log'
 
@@ -35,7 +36,7 @@ def _generate_logs(args: argparse.Namespace) -> int:
   from pipeline.sample_logs import generate_logs  # pylint: disable=g-import-not-at-top
   written = generate_logs(args.out, rows=args.rows, days=args.days, seed=args.seed,
                           start_date=args.start_date, truth_dir=args.truth_out,
-                          compress=not args.no_gzip)
+                          compress=not args.no_gzip, post_click_labels=args.post_click_labels)
   print(f'wrote {written["rows"]} impressions in {written["days"]} daily files under '
         f'{args.out}; ground truth under {written["truth_dir"]}')
   return 0
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
   gen.add_argument('--seed', type=int, default=7)
   gen.add_argument('--start-date', default='2026-11-01')
   gen.add_argument('--no-gzip', action='store_true', help='write plain .jsonl files')
+  gen.add_argument('--post-click-labels', choices=POST_CLICK_LABELS, default='absent',
+                   help='conversion and dwell_seconds only on clicked impressions (absent), or '
+                   'on every impression, 0 without a click (zero)')
   gen.set_defaults(func=_generate_logs)
 
   val = add('validate-config', help='check a config file and say what is wrong')

@@ -64,6 +64,9 @@ SPLIT_BUCKETS = 100
 # A numeric feature's quantile bucket is fed to the network as `<feature>__bucket`.
 BUCKET_SUFFIX = '__bucket'
 PIECE_SUFFIX = '__piece'  # <feature>__piece<t>: bin t of a numeric feature's piecewise_linear
+# A task with a space or a row weight: ingestion writes `<task>__weight`, its example weight
+# (the row weight inside the space, 0 outside), which the loss and TFMA read.
+WEIGHT_SUFFIX = '__weight'
 # A file pattern with spans: a {SPAN} (or {SPAN:width}) spec, or all of {YYYY} {MM} {DD} (the
 # specs TFX's ExampleGen driver resolves); regular expressions valid in Python and JSON Schema.
 _SPAN_SPEC = r'\{SPAN(:[^}]*)?\}'
@@ -198,6 +201,31 @@ _TASK_METRIC_NAMES = tuple(dict.fromkeys(m for ms in TASK_METRICS.values() for m
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskSpaceConfig:
+  """Where a task is defined: its loss and its metrics read only the rows of its space."""
+  where: Mapping[str, Union[int, str]] = field(
+      {}, doc='{field: value}: the task is defined where every field named has this value: '
+      "another binary task's label (0 or 1) or a categorical feature (a string or an integer). "
+      'Outside, its label may be absent. Empty: every row.',
+      rule=MapOf(Name(), Either((Number(int), Text()))))
+  label_present: bool = field(
+      False, doc='Rows whose label is absent or null are outside the space (not quarantined).',
+      rule=Flag())
+
+  def check(self, path: str) -> None:
+    if not self.where and not self.label_present:
+      raise ConfigError(f'{path}: give where, or label_present: true (an empty space is every '
+                        'row: leave space out)')
+
+  @staticmethod
+  def schema_conditions() -> List[Dict[str, Any]]:
+    """check()'s rule, for the JSON Schema."""
+    return [{'anyOf': [
+        {'required': ['where'], 'properties': {'where': {'type': 'object', 'minProperties': 1}}},
+        {'required': ['label_present'], 'properties': {'label_present': {'const': True}}}]}]
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskConfig:
   """A task: one label, one head of the model, one served output."""
   name: str = field(doc='Task name; names the model output and the served output.', rule=Name())
@@ -229,6 +257,12 @@ class TaskConfig:
   label_max: Optional[float] = field(
       None, doc='regression: ingestion quarantines a label above it (out_of_range:<label>).',
       rule=_BOUND, **_REGRESSION_ONLY)
+  space: Optional[TaskSpaceConfig] = field(
+      None, doc='Where the task is defined (its loss and metrics read those rows only); null: '
+      'every row.', rule=Optional_(Section(TaskSpaceConfig)))
+  weight: Optional[str] = field(
+      None, doc="A numeric log field (>= 0, finite) weighting each row in the task's loss and "
+      'metrics; null: every row weighs 1.', rule=Optional_(Name()))
 
   def __post_init__(self) -> None:
     if self.inputs_from is None:
@@ -247,6 +281,12 @@ class TaskConfig:
         self.label_min > self.label_max):
       raise ConfigError(f'{path}.label_min: {self.label_min} is above label_max '
                         f'{self.label_max}')
+
+  @property
+  def weight_column(self) -> Optional[str]:
+    """The example column holding the task's example weight, when it has a space or a row
+    weight (`WEIGHT_SUFFIX`); None: every row weighs 1."""
+    return f'{self.name}{WEIGHT_SUFFIX}' if self.space or self.weight else None
 
   @staticmethod
   def schema_conditions() -> List[Dict[str, Any]]:
@@ -626,8 +666,8 @@ class PipelineConfig:
     raise KeyError(name)
 
   def data_view(self) -> 'PipelineConfig':
-    """Only what ingestion and Transform read: data, features, and each task's label, type and
-    label range.
+    """Only what ingestion and Transform read: data, features, and each task's label, type,
+    label range, space and row weight.
 
     They receive this view, so changing the model, training or serving sections, or the
     validation settings (drift, skew, accepted anomalies), leaves their ML Metadata cache keys
@@ -642,7 +682,8 @@ class PipelineConfig:
                               periodic_scale=FeatureConfig.periodic_scale)
                               for f in self.features),
                           tasks=tuple(TaskConfig(name=t.name, label=t.label, type=t.type,
-                                                 label_min=t.label_min, label_max=t.label_max)
+                                                 label_min=t.label_min, label_max=t.label_max,
+                                                 space=t.space, weight=t.weight)
                                       for t in self.tasks))
 
   def ingestion_view(self) -> 'PipelineConfig':
@@ -782,6 +823,45 @@ def _check_training(training: TrainingConfig, tasks: Sequence[TaskConfig]) -> No
                       f'(the total) nor a task ({", ".join(names)})')
 
 
+def _check_task_spaces(config: PipelineConfig) -> None:
+  """A space's conditions name another binary task's label (0 or 1) or a categorical feature;
+  a row weight is a log field of its own; the weight columns ingestion adds name no field."""
+  binary_labels = {t.label: t for t in config.tasks if t.type == 'binary'}
+  categorical = {f.name for f in config.categorical_features}
+  labels = {t.label for t in config.tasks}
+  fields = {f.name for f in config.features} | labels | {config.data.split_key}
+  esmm_click = config.model.esmm_click_task if config.model.type == 'esmm' else None
+  for i, task in enumerate(config.tasks):
+    path = f'tasks[{i}]'
+    if task.space is not None:
+      if task.name == esmm_click:
+        raise ConfigError(f'{path}.space: the esmm click task is trained and evaluated on '
+                          'every impression; it cannot have a space')
+      for name, value in task.space.where.items():
+        where = f'{path}.space.where.{name}'
+        if name == task.label:
+          raise ConfigError(f"{where}: is the task's own label (use label_present)")
+        if name in binary_labels:
+          if value not in (0, 1) or isinstance(value, str):
+            raise ConfigError(f'{where}: {value!r} is not a value of binary label {name!r} '
+                              '(0 or 1)')
+        elif name not in categorical:
+          allowed = ', '.join(sorted(binary_labels.keys() - {task.label} | categorical))
+          raise ConfigError(f'{where}: {name!r} is neither a binary task label nor a '
+                            f'categorical feature ({allowed})')
+    if task.weight is not None:
+      if task.weight in labels or task.weight in categorical or task.weight == (
+          config.data.split_key):
+        raise ConfigError(f'{path}.weight: {task.weight!r} is a label, a categorical feature or '
+                          'the split key; a row weight is a numeric field')
+  fields.update(t.weight for t in config.tasks if t.weight)
+  for i, task in enumerate(config.tasks):
+    if task.weight_column in fields:
+      raise ConfigError(f'tasks[{i}]: the weight column {task.weight_column!r} that ingestion '
+                        'writes for its space is already a field of the log; rename the field '
+                        'or the task')
+
+
 def _check_model(model: ModelConfig, tasks: Sequence[TaskConfig]) -> None:
   """The esmm tasks (ModelConfig.check saw they are given) are binary tasks of the config."""
   if model.type != 'esmm':
@@ -859,6 +939,7 @@ def parse_config(raw: Any) -> PipelineConfig:
                         'task\'s label')
     seen[task.label] = f'tasks[{i}]'
   _check_task_inputs(tasks)
+  _check_task_spaces(config)
   if data.split_key in {t.label for t in tasks}:
     raise ConfigError(f'data.split_key: {data.split_key!r} is a task label; split by an id '
                       'such as the user id')

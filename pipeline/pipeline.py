@@ -33,7 +33,7 @@ from components.strict_example_validator import StrictExampleValidator
 from pipeline.config import (METRIC_DIRECTIONS, SCORE_METRICS, TASK_METRICS, PipelineConfig,
                              TaskConfig, Threshold, regression_tolerances, score_label)
 from trainer.export import SERVING_SIGNATURE
-from trainer.models import output_labels
+from trainer.models import output_labels, output_weights
 from trainer.preprocessing import CONFIG_KEY
 
 PREPROCESSING_FN = 'trainer.preprocessing.preprocessing_fn'
@@ -118,7 +118,8 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 
   Slices (`evaluation.slices`) are computed for every metric; thresholds apply to the overall
   slice. The ranking score (`serving.score`) is one more output, with its label and its own
-  specs (`_score_specs`).
+  specs (`_score_specs`). A task with a space is evaluated on its space's rows alone: its
+  output's example weight is the column ingestion wrote (`evaluation_weights`).
   """
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
@@ -126,7 +127,8 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
           model_type=tfma.TF_GENERIC,
           label_keys={**output_labels(config),
                       **({config.serving.score.name: score_label(config)}
-                         if config.serving.score else {})})],
+                         if config.serving.score else {})},
+          example_weight_keys=evaluation_weights(config))],
       slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(names))
                                              for names in config.evaluation.slices],
       metrics_specs=[
@@ -137,7 +139,28 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
                for name in TASK_METRICS[task.type]] +
               _plots(task))
           for task in config.tasks
-      ] + _score_specs(config))
+      ] + _esmm_cvr_specs(config) + _score_specs(config))
+
+
+def evaluation_weights(config: PipelineConfig) -> Dict[str, str]:
+  """{output: example weight column} for the outputs evaluated on part of the rows (a task's
+  space, `trainer.models.output_weights`): TFMA weighs each example by it, so the rows outside
+  the space (weight 0) count in none of the metrics, `example_count` included (it sums the
+  weights). The ranking score ranks every impression and is evaluated on all of them, its
+  label reading 0 where its task's label is absent (as ingestion writes it)."""
+  return output_weights(config)
+
+
+def _esmm_cvr_specs(config: PipelineConfig) -> List[tfma.MetricsSpec]:
+  """ESMM with a space on its conversion task: its `cvr` output (pCVR after a click) is also
+  evaluated, on that space, with the binary metrics and no gate (the conversion task's own
+  output, pCTCVR, is judged on every impression)."""
+  if 'cvr' not in evaluation_weights(config):
+    return []
+  return [tfma.MetricsSpec(
+      output_names=['cvr'],
+      metrics=[tfma.MetricConfig(class_name='ExampleCount')] +
+      [tfma.MetricConfig(class_name=METRIC_CLASSES[name]) for name in TASK_METRICS['binary']])]
 
 
 def _score_specs(config: PipelineConfig) -> List[tfma.MetricsSpec]:

@@ -211,6 +211,22 @@ def _task_rows(summary: Dict[str, Any]) -> str:
   return '\n'.join(rows)
 
 
+def _space_table(summary: Dict[str, Any]) -> str:
+  """Each task's space (where it is defined) and its training and eval rows there; ESMM's
+  pCVR (`cvr`) on the conversion task's space, with its AUC."""
+  rows = []
+  for name, task in summary.get('tasks', {}).items():
+    counts = task.get('rows') or {}
+    rows.append([name, task.get('space') or 'every row', counts.get('train'),
+                 counts.get('eval'), ''])
+    cvr = task.get('cvr')
+    if cvr:
+      counts = cvr.get('rows') or {}
+      rows.append([f'{name} (cvr)', task.get('space'), counts.get('train'), counts.get('eval'),
+                   f'pCVR AUC {_fmt(cvr["metrics"].get("auc"))}'])
+  return _table(['task', 'defined on', 'train rows', 'eval rows', ''], rows)
+
+
 def _slice_rows(summary: Dict[str, Any]) -> str:
   """One row per task and slice: eval examples, each gated metric (else AUC or RMSE) next to
   the served model's, and the gate's verdict."""
@@ -277,6 +293,7 @@ def render(summary: Dict[str, Any], images: Dict[str, Any]) -> str:
        if summary.get('training', {}).get('exported_epoch') else ''),
       '<p>Compared with served version ' + html.escape(str(baseline['version'])) + '.</p>'
       if baseline else '<p>Nothing was served: judged on absolute thresholds only.</p>',
+      '<h2>Tasks and their rows</h2>', _space_table(summary),
       '<h2>Per-task checks</h2>',
       '<table><tr><th>task</th><th>metric</th><th>check</th><th>value</th><th>rule</th>'
       '<th>result</th></tr>', _task_rows(summary), '</table>',

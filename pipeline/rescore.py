@@ -65,7 +65,8 @@ def _served_weights(loaded: Any, version_dir: str, score: ScoreConfig) -> Dict[s
         f'serving.score: {version_dir} computes {combine} of {", ".join(terms)}, the config '
         f'{score.combine} of {", ".join(score.weights)}: only the weights change without '
         'retraining (a new term or combination needs a pipeline run)')
-  return dict(zip(terms, (float(w) for w in module.term_weights.numpy())))
+  # float32 in the graph: the shortest decimal that is that float32 (0.1, not 0.10000000149).
+  return dict(zip(terms, (float(str(w)) for w in module.term_weights.numpy())))
 
 
 def _rescored_samples(sample: Dict[str, Any], config: PipelineConfig) -> Dict[str, Any]:

@@ -29,7 +29,8 @@ from components.served_baseline_evaluator import (BASELINE, BASELINE_MISSING_OUT
                                                   read_slices, read_undefined_metrics,
                                                   sliced_metric_values)
 from components.serving_pusher import PUSH_RECORD_FILE
-from pipeline.config import PipelineConfig, regression_tolerances, score_label
+from pipeline.config import PipelineConfig, TaskConfig, regression_tolerances, score_label
+from trainer.models import output_weights
 from trainer.run import TRAINING_SUMMARY_FILE
 
 SUMMARY_FILE = 'run_summary.json'
@@ -267,12 +268,24 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
         'slices': _task_slices(output, sliced, judged_slices),
     }
 
+  ingestion = summary.get('ingestion', {})
+  space_rows = ingestion.get('task_rows_by_split', {})
+  weighted = output_weights(config)
+
+  def rows(task: TaskConfig) -> Optional[Dict[str, int]]:
+    """{split: examples its loss and metrics read}: its space's, or every example."""
+    if task.name in weighted:
+      return space_rows.get(task.name)
+    return ingestion.get('examples_by_split')
+
   tasks = {}
   for task in config.tasks:
     learned = training.get('tasks', {}).get(task.name, {})
     tasks[task.name] = {
         'type': task.type,
         'label': task.label,
+        'space': _space_text(task),
+        'rows': rows(task),
         **judged(task.name, task.thresholds, regression_tolerances(task)),
         'sigma': learned.get('sigma'),
         'loss_weight': learned.get('loss_weight'),
@@ -281,6 +294,11 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
         'train_loss_by_epoch': learned.get('train_loss_by_epoch', []),
         'eval_loss_by_epoch': learned.get('eval_loss_by_epoch', []),
     }
+  if 'cvr' in weighted:  # ESMM: pCVR on the conversion task's space
+    conversion = config.model.esmm_conversion_task
+    tasks[conversion]['cvr'] = {'metrics': metrics.get('cvr', {}),
+                                'baseline_metrics': baseline.get('cvr', {}),
+                                'rows': space_rows.get(conversion)}
   summary['tasks'] = tasks
   score = config.serving.score
   summary['score'] = None if score is None else {
@@ -326,6 +344,20 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
                           if artifact is not None}
   summary['total_wall_seconds'] = round(sum(n['seconds'] for n in nodes.values()), 2)
   return finite(summary)
+
+
+def _space_text(task: TaskConfig) -> Optional[str]:
+  """Where the task is defined, as text ('click == 1 and conversion present, weighted by w');
+  None for every row."""
+  parts = []
+  if task.space is not None:
+    parts += [f'{name} == {value!r}' for name, value in task.space.where.items()]
+    if task.space.label_present:
+      parts.append(f'{task.label} present')
+  text = ' and '.join(parts) or None
+  if task.weight:
+    text = f'{text or "every row"}, weighted by {task.weight}'
+  return text
 
 
 def finite(value: Any) -> Any:

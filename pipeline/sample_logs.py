@@ -13,7 +13,10 @@ click logit. A click happens with
 p_click = sigmoid(click logit); a conversion only after a click, with p_cvr from the user, item
 and price; dwell seconds only after a click, log-normal around a per-item mean. The ground-truth
 file holds p_click, p_conversion = p_click * p_cvr and expected_dwell = p_click * E[dwell |
-click], never written into the log, so benchmarks can compute oracle metrics.
+click], and for the impressions' clicked part p_cvr and dwell_given_click = E[dwell | click],
+never written into the log, so benchmarks can compute oracle metrics. Conversion and dwell
+are written only after a click, as real logs hold them (`post_click_labels='zero'`: on every
+impression, 0 without a click).
 
 The ground truth comes twice: for the user (the probabilities the row was drawn with), and for
 the user's segment (`*_segment`: the same probabilities averaged over the individual part of a
@@ -180,15 +183,28 @@ def draw_day(world: World, rows: int, day: datetime.date, rng: np.random.Generat
       'expected_dwell': p_click * expected_dwell_given_click,
       'p_click_segment': segment['p_click'], 'p_conversion_segment': segment['p_conversion'],
       'expected_dwell_segment': segment['p_click'] * expected_dwell_given_click,
+      # After a click: what a task defined on clicked impressions predicts at best.
+      'p_cvr': p_cvr, 'p_cvr_segment': segment['p_conversion'] / segment['p_click'],
+      'dwell_given_click': expected_dwell_given_click,
   }
+
+
+POST_CLICK_LABELS = ('zero', 'absent')
 
 
 def generate_logs(out_dir: str, rows: int, days: int = 1, seed: int = 7,
                   start_date: str = '2026-11-01', truth_dir: Optional[str] = None,
-                  compress: bool = True) -> Dict[str, object]:
-  """Writes `rows` impressions spread over `days` daily partitions; returns what was written."""
+                  compress: bool = True, post_click_labels: str = 'absent') -> Dict[str, object]:
+  """Writes `rows` impressions spread over `days` daily partitions; returns what was written.
+
+  `post_click_labels`: `absent` writes `conversion` and `dwell_seconds` only on clicked
+  impressions, as real logs have them (the fields are left out of the others), for tasks
+  defined where click == 1 (tasks[].space); `zero` on every impression (0 without a click)."""
   if rows < 1 or days < 1:
     raise ValueError('rows and days must be at least 1')
+  if post_click_labels not in POST_CLICK_LABELS:
+    raise ValueError(f'post_click_labels must be one of {POST_CLICK_LABELS}, got '
+                     f'{post_click_labels!r}')
   truth_dir = truth_dir or os.path.join(os.path.dirname(os.path.abspath(out_dir)),
                                         os.path.basename(os.path.abspath(out_dir)) + '_truth')
   world = make_world(seed)
@@ -210,7 +226,8 @@ def generate_logs(out_dir: str, rows: int, days: int = 1, seed: int = 7,
       for i in range(day_rows):
         impression_id = f'{day.strftime("%Y%m%d")}-{i:07d}'
         item = int(cols['item'][i])
-        log.write(json.dumps({
+        clicked = bool(cols['click'][i])
+        record = {
             'impression_id': impression_id,
             'ts': int(cols['ts'][i]),
             'user_id': f'u{int(cols["user"][i]):05d}',
@@ -222,9 +239,11 @@ def generate_logs(out_dir: str, rows: int, days: int = 1, seed: int = 7,
             'hour': int(cols['hour'][i]),
             'position': int(cols['position'][i]),
             'click': int(cols['click'][i]),
-            'conversion': int(cols['conversion'][i]),
-            'dwell_seconds': float(cols['dwell'][i]),
-        }) + '\n')
+        }
+        if clicked or post_click_labels == 'zero':
+          record['conversion'] = int(cols['conversion'][i])
+          record['dwell_seconds'] = float(cols['dwell'][i])
+        log.write(json.dumps(record) + '\n')
         truth.write(json.dumps({
             'impression_id': impression_id,
             'p_click': round(float(cols['p_click'][i]), 6),
@@ -233,6 +252,9 @@ def generate_logs(out_dir: str, rows: int, days: int = 1, seed: int = 7,
             'p_click_segment': round(float(cols['p_click_segment'][i]), 6),
             'p_conversion_segment': round(float(cols['p_conversion_segment'][i]), 6),
             'expected_dwell_segment': round(float(cols['expected_dwell_segment'][i]), 4),
+            'p_cvr': round(float(cols['p_cvr'][i]), 6),
+            'p_cvr_segment': round(float(cols['p_cvr_segment'][i]), 6),
+            'dwell_given_click': round(float(cols['dwell_given_click'][i]), 4),
         }) + '\n')
     files.append(log_path)
   return {'rows': rows, 'days': days, 'log_files': files, 'truth_dir': truth_dir}

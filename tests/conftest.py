@@ -81,7 +81,7 @@ def e2e_run(tmp_path_factory):
   config = sample_config(
       data={'input_base': str(logs)},
       serving={'push_dir': str(root / 'serving'), 'score': {
-          'weights': {'click': 1.0, 'conversion': 4.0}, 'label': 'click', 'group_by': 'user_id',
+          'weights': {'click': 1.0, 'conversion': 0.1}, 'label': 'click', 'group_by': 'user_id',
           'thresholds': {'auc': {'min': 0.55}}, 'max_regression': {'auc': 0.05}}},
       training={'train_steps': 120, 'eval_steps': 40},
       evaluation={'slices': ['device']})

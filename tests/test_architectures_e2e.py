@@ -174,3 +174,24 @@ def test_served_esmm_returns_ctr_cvr_ctcvr(runs):
   np.testing.assert_allclose(outputs['ctcvr'], outputs['ctr'] * outputs['cvr'], rtol=1e-5)
   assert np.all(outputs['ctcvr'] <= outputs['ctr'] + 1e-7)
   np.testing.assert_array_equal(outputs['conversion'], outputs['ctcvr'])
+
+
+def test_esmm_trains_on_every_impression_and_reports_pcvr_on_the_conversion_space(runs):
+  """The sample's conversion task is defined where click == 1. ESMM still judges its
+  conversion output (pCTCVR) on every impression, and evaluates its `cvr` output (pCVR) on the
+  clicked ones, which the summary shows next to the task."""
+  _, summary = runs[0]['esmm']
+  conversion = summary['tasks']['conversion']
+  evaluated = summary['ingestion']['examples_by_split']['eval']
+  clicked = summary['ingestion']['task_rows_by_split']['conversion']['eval']
+  assert 0 < clicked < evaluated
+  assert conversion['metrics']['example_count'] == evaluated
+  assert conversion['rows'] == summary['ingestion']['examples_by_split']
+  cvr = conversion['cvr']
+  assert cvr['metrics']['example_count'] == clicked
+  assert cvr['rows']['eval'] == clicked
+  assert 0.5 < cvr['metrics']['auc'] < 1.0
+  # The conversion rate among clicks is the rate over every impression divided by the CTR.
+  assert cvr['metrics']['mean_label'] == pytest.approx(
+      conversion['metrics']['mean_label'] / summary['tasks']['click']['metrics']['mean_label'],
+      rel=1e-6)

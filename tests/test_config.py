@@ -140,6 +140,35 @@ MISTAKES = [
     (lambda r: r['serving'].update(score={'weights': {'click': 1}, 'label': 'click',
                                           'thresholds': {'rmse': {'max': 1}}}),
      "serving.score.thresholds.rmse (metric): 'rmse' is not one of auc, mean_prediction"),
+    # Task spaces and row weights (tasks[1] is conversion, defined where click == 1).
+    (lambda r: r['tasks'][1].update(space={}),
+     'tasks[1].space: give where, or label_present: true'),
+    (lambda r: r['tasks'][1].update(space={'where': {'click': 1}, 'when': 'clicked'}),
+     'tasks[1].space.when: unknown key; allowed keys are where, label_present'),
+    (lambda r: r['tasks'][1].update(space={'where': {'click': 2}}),
+     "tasks[1].space.where.click: 2 is not a value of binary label 'click' (0 or 1)"),
+    (lambda r: r['tasks'][1].update(space={'where': {'click': [1]}}),
+     'tasks[1].space.where.click: expected'),
+    (lambda r: r['tasks'][1].update(space={'where': {'position': 1}}),
+     "tasks[1].space.where.position: 'position' is neither a binary task label nor a "
+     'categorical feature'),
+    (lambda r: r['tasks'][1].update(space={'where': {'dwell_seconds': 1}}),
+     "tasks[1].space.where.dwell_seconds: 'dwell_seconds' is neither a binary task label"),
+    (lambda r: r['tasks'][1].update(space={'where': {'conversion': 1}}),
+     "tasks[1].space.where.conversion: is the task's own label (use label_present)"),
+    (lambda r: r['tasks'][1].update(space={'label_present': 'yes'}),
+     "tasks[1].space.label_present: expected true or false, got 'yes'"),
+    (lambda r: r['tasks'][1].update(weight='click'),
+     "tasks[1].weight: 'click' is a label, a categorical feature or the split key"),
+    (lambda r: r['tasks'][1].update(weight=3),
+     'tasks[1].weight: 3 must be a non-empty name'),
+    (lambda r: r['features'].append({'name': 'conversion__weight', 'type': 'numeric'}),
+     "tasks[1]: the weight column 'conversion__weight' that ingestion writes for its space is "
+     'already a field of the log'),
+    (lambda r: (r['model'].update(type='esmm', esmm_click_task='click',
+                                  esmm_conversion_task='conversion'),
+                r['tasks'][0].update(space={'where': {'device': 'ios'}})),
+     'tasks[0].space: the esmm click task is trained and evaluated on every impression'),
 ]
 
 
@@ -196,7 +225,7 @@ def test_every_config_key_is_documented():
     doc = f.read()
   sections = [config_module.PipelineConfig, config_module.DataConfig,
               config_module.FeatureConfig, config_module.TaskConfig,
-              config_module.ModelConfig, config_module.TrainingConfig,
+              config_module.TaskSpaceConfig, config_module.ModelConfig, config_module.TrainingConfig,
               config_module.OptimizerConfig, config_module.EarlyStoppingConfig,
               config_module.ServingConfig, config_module.ScoreConfig,
               config_module.EvaluationConfig,

@@ -36,6 +36,12 @@ BETWEEN_VALUES = (
     'is not one of the binary tasks',    # serving.score.label against the tasks
     'is already a model output',         # serving.score.name against the tasks
     'is not a feature of the examples',  # serving.score.group_by against the features
+    'is not a value of binary label',    # a task space's condition against the tasks' types
+    'is neither a binary task label',    # a task space's condition against tasks and features
+    "is the task's own label",           # a task space's condition against its task
+    'is a label, a categorical feature',  # tasks[].weight against the other fields
+    'that ingestion writes for its space',  # a task's weight column against the fields
+    'the esmm click task is trained',    # a task space against model.esmm_click_task
 )
 
 

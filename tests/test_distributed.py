@@ -125,8 +125,9 @@ config = parse_config({{
                  {{'name': 'position', 'type': 'numeric'}}],
     'tasks': [{{'name': 'click', 'label': 'click', 'type': 'binary', 'head_units': [8],
                'optimizer': sgd}},
-              {{'name': 'dwell', 'label': 'dwell', 'type': 'regression', 'head_units': [8],
-               'optimizer': sgd}}],
+              dict({{'name': 'dwell', 'label': 'dwell', 'type': 'regression', 'head_units': [8],
+                    'optimizer': sgd}}, **({{'space': {{'where': {{'click': 1}}}}, 'weight': 'w'}}
+                                          if {spaces} else {{}}))],
     'model': {{'trunk_units': [16]}},
     'training': dict({{'trunk_optimizer': sgd, 'loss_weights_optimizer': sgd}}, **{training})}})
 rng = np.random.default_rng(0)
@@ -134,6 +135,15 @@ n = 64 * 3
 data = ({{'user': rng.integers(0, 10, n), 'position': rng.normal(size=n).astype(np.float32)}},
         {{'click': rng.integers(0, 2, n).astype(np.float32),
           'dwell': rng.gamma(2.0, 3.0, n).astype(np.float32)}})
+if {spaces}:
+  # dwell's example weight (0 outside its space, a row weight inside): each global batch of 64
+  # gives the first replica most of its rows and the second few; in the last batch the second
+  # replica has none.
+  share = np.tile(np.repeat([0.8, 0.1], 32), 3)
+  share[128 + 32:] = 0.0
+  inside = rng.random(n) < share
+  data[1]['dwell__weight'] = np.where(inside, rng.choice([0.5, 1.0, 2.0], n), 0.0).astype(
+      np.float32)
 
 def train(strategy):
   tf.keras.utils.set_random_seed(3)
@@ -156,13 +166,18 @@ print(json.dumps({{
 '''
 
 
-@pytest.mark.parametrize('training', [
-    {},
+@pytest.mark.parametrize('training,spaces', [
+    ({}, False),
     # Per-task trunk gradients, all-reduced before GradNorm's norms and PCGrad's projections.
-    {'loss_weighting': 'gradnorm', 'gradient_surgery': 'pcgrad'},
-    {'loss_weighting': 'uncertainty', 'gradient_surgery': 'pcgrad'},
-], ids=['uncertainty', 'gradnorm-pcgrad', 'uncertainty-pcgrad'])
-def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(training):
+    ({'loss_weighting': 'gradnorm', 'gradient_surgery': 'pcgrad'}, False),
+    ({'loss_weighting': 'uncertainty', 'gradient_surgery': 'pcgrad'}, False),
+    # A task on its space, with row weights: the replicas hold different numbers of its rows
+    # (one none in a step); its loss is the weighted mean over the global batch's rows.
+    ({}, True),
+    ({'loss_weighting': 'gradnorm', 'gradient_surgery': 'pcgrad'}, True),
+], ids=['uncertainty', 'gradnorm-pcgrad', 'uncertainty-pcgrad', 'uncertainty-space',
+        'gradnorm-pcgrad-space'])
+def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(training, spaces):
   """SGD (unlike Adam, sensitive to the gradient's scale) on 2 replicas, each with half of
   every global batch, ends at the same weights as 1 replica: the loss is scaled by 1/replicas
   and the gradients are summed exactly once per step. The logged losses and sigmas are the
@@ -173,9 +188,10 @@ def test_two_replicas_take_the_same_steps_as_one_with_the_whole_batch(training):
   up to float32 rounding as 3 steps at learning rate 0.1 amplify it (a ReLU input that rounds
   to the other side of 0 changes a step by one row's share): a few 1e-4 of `moved` at most.
   Summing the replicas' gradients twice, or keeping each replica's own, misses by a sizeable
-  fraction of `moved`."""
+  fraction of `moved`; so does a task on its space normalised by each replica's own rows."""
   completed = subprocess.run(
-      [sys.executable, '-c', _AGGREGATION_SCRIPT.format(repo=REPO, training=repr(training))],
+      [sys.executable, '-c', _AGGREGATION_SCRIPT.format(repo=REPO, training=repr(training),
+                                                        spaces=spaces)],
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), capture_output=True, text=True,
       timeout=300)
   assert completed.returncode == 0, completed.stderr[-3000:]

@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline import sample_logs
@@ -25,20 +26,42 @@ def test_layout_determinism_and_label_rules(tmp_path):
   rows_b = [r for p in b['log_files'] for r in _read(p)]
   assert rows_a == rows_b and len(rows_a) == 3001
 
-  assert not any(r['conversion'] and not r['click'] for r in rows_a)
-  assert all((r['dwell_seconds'] > 0) == bool(r['click']) for r in rows_a)
+  # Conversion and dwell are logged after a click only, as real logs hold them.
+  assert all(('conversion' in r) == ('dwell_seconds' in r) == bool(r['click']) for r in rows_a)
+  assert all(r['dwell_seconds'] > 0 for r in rows_a if r['click'])
   assert 0.05 < sum(r['click'] for r in rows_a) / len(rows_a) < 0.4
   assert all(0 <= r['hour'] < 24 and 1 <= r['position'] <= 10 for r in rows_a)
 
   truth = [t for day in sorted(os.listdir(a['truth_dir']))
            for t in _read(os.path.join(a['truth_dir'], day, 'truth.jsonl.gz'))]
   assert [t['impression_id'] for t in truth] == [r['impression_id'] for r in rows_a]
-  assert not {'p_click', 'p_conversion', 'expected_dwell'} & set(rows_a[0])
+  assert not {'p_click', 'p_conversion', 'expected_dwell', 'p_cvr'} & set(rows_a[0])
   assert all(t['p_conversion'] <= t['p_click'] for t in truth)
+  # After a click: p_cvr is p_conversion / p_click, E[dwell | click] is expected_dwell / p_click.
+  # (Up to the truth file's rounding to 6 decimals, or 4 for the dwell.)
+  for t in truth[:200]:
+    assert t['p_cvr'] * t['p_click'] == pytest.approx(t['p_conversion'], abs=2e-6)
+    assert t['p_cvr_segment'] * t['p_click_segment'] == pytest.approx(
+        t['p_conversion_segment'], abs=2e-6)
+    assert t['dwell_given_click'] * t['p_click'] == pytest.approx(t['expected_dwell'],
+                                                                  abs=2e-4)
   # The truth is informative: clicked impressions had a higher true click probability.
   clicked = [t['p_click'] for t, r in zip(truth, rows_a) if r['click']]
   unclicked = [t['p_click'] for t, r in zip(truth, rows_a) if not r['click']]
   assert sum(clicked) / len(clicked) > 1.5 * sum(unclicked) / len(unclicked)
+
+
+def test_post_click_labels_on_every_impression(tmp_path):
+  """`post_click_labels='zero'`: conversion and dwell on every line, 0 without a click."""
+  written = generate_logs(str(tmp_path / 'logs'), rows=500, seed=5, post_click_labels='zero')
+  rows = [r for p in written['log_files'] for r in _read(p)]
+  assert all(r['conversion'] == 0 and r['dwell_seconds'] == 0 for r in rows if not r['click'])
+  assert not any(r['conversion'] and not r['click'] for r in rows)
+  absent = generate_logs(str(tmp_path / 'absent'), rows=500, seed=5)
+  assert [{k: v for k, v in r.items() if k not in ('conversion', 'dwell_seconds')}
+          for r in rows] == [
+              {k: v for k, v in r.items() if k not in ('conversion', 'dwell_seconds')}
+              for p in absent['log_files'] for r in _read(p)]
 
 
 def test_different_seeds_differ(tmp_path):

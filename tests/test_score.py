@@ -122,7 +122,7 @@ def test_tfma_score_metrics_equal_sklearn_and_a_direct_ndcg(e2e_run):
 def test_the_summary_table_and_report_show_the_score(e2e_run):
   summary = e2e_run['summary']
   score = summary['score']
-  assert score['weights'] == {'click': 1.0, 'conversion': 4.0}
+  assert score['weights'] == {'click': 1.0, 'conversion': 0.1}
   assert score['label'] == 'click' and score['group_by'] == 'user_id'
   assert score['thresholds']['auc']['passed'] is True
   assert score['vs_served']['auc']['passed'] is None  # nothing was served before this run
@@ -133,7 +133,7 @@ def test_the_summary_table_and_report_show_the_score(e2e_run):
   assert any(line.split()[:2] == ['score', 'ndcg'] for line in table.splitlines()), table
   page = render(summary, {})
   assert '<h2>Ranking score</h2>' in page
-  assert score_formula(score) == 'score = 1 x click + 4 x conversion'
+  assert score_formula(score) == 'score = 1 x click + 0.1 x conversion'
   assert score_formula(score) in page
 
 
@@ -161,7 +161,7 @@ def test_rescore_changes_the_score_and_nothing_else(e2e_run, tmp_path):
   result = rescore(config)
   assert result['serve_check']['ok'], result['serve_check']
   assert result['from_version'] == served and result['version'] > served
-  assert result['weights_before'] == {'click': 1.0, 'conversion': 4.0}
+  assert result['weights_before'] == {'click': 1.0, 'conversion': 0.1}
   assert result['labels'] == {'stable': result['version']}
   assert serving_push.served_version(str(push_dir), config.serving.model_name) == (
       result['version'])

@@ -26,32 +26,44 @@ stateless random draw seeded by the step, so every replica makes the same choice
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
 
 def dwa_weights(last_losses: tf.Tensor, previous_losses: tf.Tensor,
                 temperature: float) -> tf.Tensor:
-  """DWA's weights [K] from two epochs' mean losses [K] (epoch t-1 and t-2); they sum to K."""
-  ratios = tf.convert_to_tensor(last_losses) / previous_losses
+  """DWA's weights [K] from two epochs' mean losses [K] (epoch t-1 and t-2); they sum to K.
+  A task whose earlier epoch had no row of its space (loss 0) counts as unchanged (ratio 1)."""
+  last_losses = tf.convert_to_tensor(last_losses)
+  ratios = tf.where(previous_losses > 0, tf.math.divide_no_nan(last_losses, previous_losses),
+                    tf.ones_like(last_losses))
   num_tasks = tf.cast(tf.size(ratios), ratios.dtype)
   return num_tasks * tf.nn.softmax(ratios / temperature)
 
 
 def gradnorm_weight_gradients(weights: tf.Tensor, weighted_norms: tf.Tensor,
                               losses: tf.Tensor, initial_losses: tf.Tensor,
-                              alpha: float) -> tf.Tensor:
+                              alpha: float, active: Optional[tf.Tensor] = None) -> tf.Tensor:
   """grad_w L_grad [K]: `weighted_norms` are G_i = ||grad_W w_i L_i||, `losses` L_i(t),
   `initial_losses` L_i(0).
 
   G_i = w_i ||grad_W L_i|| depends on w_i alone and the target is a constant, so
   d L_grad / d w_i = sign(G_i - target_i) * ||grad_W L_i|| = sign(G_i - target_i) * G_i / w_i.
+
+  `active` [K] bool (all when None): the tasks with rows of their space in this step's batch
+  and a recorded L_i(0); the means run over them, and the others' weights get no gradient.
   """
-  loss_ratios = losses / initial_losses
-  inverse_rates = loss_ratios / tf.reduce_mean(loss_ratios)
-  target = tf.stop_gradient(tf.reduce_mean(weighted_norms) * inverse_rates ** alpha)
-  return tf.sign(weighted_norms - target) * weighted_norms / weights
+  if active is None:
+    active = tf.ones_like(weights, dtype=tf.bool)
+  share = tf.cast(active, weights.dtype)
+  count = tf.reduce_sum(share)
+  loss_ratios = tf.math.divide_no_nan(losses, initial_losses) * share
+  inverse_rates = tf.math.divide_no_nan(
+      loss_ratios, tf.math.divide_no_nan(tf.reduce_sum(loss_ratios), count))
+  mean_norm = tf.math.divide_no_nan(tf.reduce_sum(weighted_norms * share), count)
+  target = tf.stop_gradient(mean_norm * inverse_rates ** alpha)
+  return share * tf.sign(weighted_norms - target) * weighted_norms / weights
 
 
 def renormalise(weights: tf.Tensor, floor: float = 1e-3) -> tf.Tensor:

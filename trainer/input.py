@@ -11,8 +11,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline.config import PipelineConfig
-from trainer.preprocessing import (bucket_name, network_inputs, transformed_layout,
-                                   unpack_transformed, vocabulary_name)
+from trainer.preprocessing import (bucket_name, label_columns, network_inputs,
+                                   transformed_layout, unpack_transformed, vocabulary_name)
 
 _LABEL_MEAN_BATCHES = 20
 
@@ -104,7 +104,7 @@ def make_dataset(file_pattern: List[str], tf_transform_output: tft.TFTransformOu
   seed = config.training.seed
   spec = packed_feature_spec(config, tf_transform_output)
   feature_names = network_inputs(config)
-  label_names = [t.label for t in config.tasks]
+  label_names = label_columns(config)  # the labels and the tasks' example weights
 
   def features_and_labels(columns):
     return ({n: columns[n] for n in feature_names}, {n: columns[n] for n in label_names})
@@ -140,14 +140,18 @@ def cardinalities(config: PipelineConfig,
 
 
 def estimate_label_means(dataset: tf.data.Dataset, config: PipelineConfig) -> Dict[str, float]:
-  """Mean of each regression label over a few training batches (initial output bias)."""
+  """Mean of each regression label over a few training batches (initial output bias),
+  weighted by the task's example weight (its space) when it has one."""
   regression = [t for t in config.tasks if t.type == 'regression']
   if not regression:
     return {}
   sums = {t.name: 0.0 for t in regression}
-  count = 0
+  counts = {t.name: 0.0 for t in regression}
   for _, labels in dataset.take(_LABEL_MEAN_BATCHES):
     for t in regression:
-      sums[t.name] += float(tf.reduce_sum(labels[t.label]))
-    count += int(tf.size(labels[regression[0].label]))
-  return {name: total / max(count, 1) for name, total in sums.items()}
+      weights = (labels[t.weight_column] if t.weight_column
+                 else tf.ones_like(labels[t.label]))
+      sums[t.name] += float(tf.reduce_sum(weights * labels[t.label]))
+      counts[t.name] += float(tf.reduce_sum(weights))
+  return {name: total / counts[name] if counts[name] > 0 else 0.0
+          for name, total in sums.items()}

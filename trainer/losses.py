@@ -23,14 +23,28 @@ from pipeline.config import PipelineConfig
 from trainer import balancing
 
 
-def task_loss(task_type: str, labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
-  """Mean binary cross-entropy (binary) or mean squared error (regression) over the batch."""
+def row_losses(task_type: str, labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
+  """Each row's binary cross-entropy (binary) or squared error (regression), [batch]."""
   labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
   predictions = tf.reshape(tf.cast(predictions, tf.float32), [-1])
   if task_type == 'binary':
-    return tf.reduce_mean(tf.keras.losses.binary_crossentropy(
-        labels[:, tf.newaxis], predictions[:, tf.newaxis]))
-  return tf.reduce_mean(tf.square(labels - predictions))
+    return tf.keras.losses.binary_crossentropy(labels[:, tf.newaxis], predictions[:, tf.newaxis])
+  return tf.square(labels - predictions)
+
+
+def task_loss(task_type: str, labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
+  """Mean binary cross-entropy (binary) or mean squared error (regression) over the batch."""
+  return tf.reduce_mean(row_losses(task_type, labels, predictions))
+
+
+def weighted_loss_sum(task_type: str, labels: tf.Tensor, predictions: tf.Tensor,
+                      weights: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(sum_i w_i l_i, sum_i w_i) over the batch: a task's loss on its space is the first over
+  the second, summed over every replica's rows (`MultiTaskModel`). Rows outside the space
+  weigh 0; the row weight (tasks[].weight) inside."""
+  weights = tf.reshape(tf.cast(weights, tf.float32), [-1])
+  return (tf.reduce_sum(weights * row_losses(task_type, labels, predictions)),
+          tf.reduce_sum(weights))
 
 
 def uncertainty_loss(task_type: str, loss: tf.Tensor, log_variance: tf.Tensor) -> tf.Tensor:
@@ -100,22 +114,34 @@ class LossWeighting(tf.keras.layers.Layer):
       self.initial_losses = self.add_weight(name='gradnorm_initial_losses', shape=(num_tasks,),
                                             initializer='zeros', trainable=False,
                                             aggregation=first)
-      self.initial_losses_set = self.add_weight(name='gradnorm_initial_losses_set', shape=(),
+      # Per task: L_i(0) is its loss at the first step with rows of its space.
+      self.initial_losses_set = self.add_weight(name='gradnorm_initial_losses_set',
+                                                shape=(num_tasks,),
                                                 dtype=tf.bool, initializer='zeros',
                                                 trainable=False, aggregation=first)
 
-  def call(self, task_losses: Mapping[str, tf.Tensor]
+  def call(self, task_losses: Mapping[str, tf.Tensor],
+           present: Optional[Mapping[str, tf.Tensor]] = None
            ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
-    """Returns (total loss, {task: effective weight})."""
-    return tf.add_n(list(self.terms(task_losses).values())), self.task_weights()
+    """Returns (total loss, {task: effective weight}); see `terms` for `present`."""
+    return tf.add_n(list(self.terms(task_losses, present).values())), self.task_weights()
 
-  def terms(self, task_losses: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """{task: its term of the total loss}; the terms sum to the total."""
+  def terms(self, task_losses: Mapping[str, tf.Tensor],
+            present: Optional[Mapping[str, tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+    """{task: its term of the total loss}; the terms sum to the total. `present` ({task:
+    bool scalar}, all true when None) says whether the batch has rows of the task's space: a
+    task without any adds 0 (no uncertainty regulariser either), so neither its loss weight
+    nor anything else takes a gradient from it."""
     if self.weighting == 'uncertainty':
-      return {name: uncertainty_loss(task_type, task_losses[name], self._effective(name))
-              for name, task_type in zip(self.task_names, self.task_types)}
-    weights = self.task_weights()
-    return {name: weights[name] * task_losses[name] for name in self.task_names}
+      terms = {name: uncertainty_loss(task_type, task_losses[name], self._effective(name))
+               for name, task_type in zip(self.task_names, self.task_types)}
+    else:
+      weights = self.task_weights()
+      terms = {name: weights[name] * task_losses[name] for name in self.task_names}
+    if present is None:
+      return terms
+    return {name: tf.where(present[name], term, tf.zeros_like(term))
+            for name, term in terms.items()}
 
   def task_weights(self) -> Dict[str, tf.Tensor]:
     """The effective weight multiplying each task's loss, now."""

@@ -9,11 +9,13 @@
   `piecewise_linear`, also its piecewise-linear encoding over quantile bins (one float per
   bin, `<feature>__piece<t>`).
 - labels -> float32, unchanged in value (binary 0/1, regression in its own units), so the
-  losses and TFMA see the same label.
+  losses and TFMA see the same label; a task with a space or a row weight also has its example
+  weight (`<task>__weight`, written by ingestion: 0 outside the space), which the loss reads.
 
 The outputs are packed by role into three columns (`transformed_layout`): every categorical
 id in `categorical_ids` (int64), every scaled numeric value in `numeric_values` (float32),
-every label in `labels` (float32), one position per feature or label in config order. Parsing
+every label, then every task's example weight, in `labels` (float32), one position per
+feature, label or weight in config order. Parsing
 a `tf.Example` costs mostly per feature it holds, so three columns instead of one per feature
 and label take about a quarter off the Trainer's input CPU (docs/performance.md, change 8).
 Labels have their own column because a serving request carries none: tf.Transform then drops
@@ -62,6 +64,13 @@ def network_inputs(config: PipelineConfig) -> List[str]:
   bucket of each numeric feature with `buckets`, then the bins of each with
   `piecewise_linear`."""
   return [f.name for f in config.features] + _bucket_inputs(config) + _piece_inputs(config)
+
+
+def label_columns(config: PipelineConfig) -> List[str]:
+  """The columns training reads besides the features: every task's label, then the example
+  weight of each task with a space or a row weight."""
+  return ([t.label for t in config.tasks] +
+          [t.weight_column for t in config.tasks if t.weight_column])
 
 
 def vocabulary_name(feature_name: str) -> str:
@@ -168,7 +177,7 @@ def transformed_layout(config: PipelineConfig) -> Dict[str, Tuple[str, int]]:
                          [f.name for f in config.categorical_features] + _bucket_inputs(config)),
                         (NUMERIC_COLUMN,
                          [f.name for f in config.numeric_features] + _piece_inputs(config)),
-                        (LABEL_COLUMN, [t.label for t in config.tasks])):
+                        (LABEL_COLUMN, label_columns(config))):
     layout.update({name: (column, index) for index, name in enumerate(names)})
   return layout
 
@@ -199,8 +208,8 @@ def build_preprocessing_fn(config: PipelineConfig):
         if feature.piecewise_linear:
           values.update(zip(piece_names(feature), transform_piecewise_linear(
               inputs[feature.name], feature, value_range)))
-    for task in config.tasks:
-      values[task.label] = tf.cast(_dense(inputs[task.label]), tf.float32)
+    for name in label_columns(config):
+      values[name] = tf.cast(_dense(inputs[name]), tf.float32)
     columns: Dict[str, list] = {}
     for name, (column, _) in transformed_layout(config).items():  # in index order
       columns.setdefault(column, []).append(values[name])

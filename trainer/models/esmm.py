@@ -4,7 +4,9 @@ Two towers share the embeddings and trunk: a CTR tower and a CVR tower. The mode
 pCTCVR = pCTR * pCVR, and both losses are over all impressions: the click task's on pCTR, the
 conversion task's on pCTCVR against "clicked and converted" (the log's conversion label, which
 is only ever 1 after a click). The CVR tower is never supervised directly, which removes the
-sample-selection bias of training CVR on clicked impressions only.
+sample-selection bias of training CVR on clicked impressions only. A space on the conversion task
+(`where: {click: 1}`) does not change that training (its conversion label reads 0 outside the
+space); it makes TFMA evaluate the `cvr` output on the space's rows.
 
 Outputs: the click task (= pCTR), the conversion task (= pCTCVR), any other task, and the
 aliases `ctr`, `cvr` and `ctcvr`.
@@ -30,6 +32,13 @@ def esmm_output_labels(config: PipelineConfig) -> Dict[str, str]:
   click = config.task(config.model.esmm_click_task)
   conversion = config.task(config.model.esmm_conversion_task)
   return {'ctr': click.label, 'cvr': conversion.label, 'ctcvr': conversion.label}
+
+
+def esmm_output_weights(config: PipelineConfig) -> Dict[str, str]:
+  """`cvr` (pCVR, the probability of a conversion after a click) is evaluated on the conversion
+  task's space when it has one (e.g. where click == 1): the rows where pCVR has a label."""
+  column = config.task(config.model.esmm_conversion_task).weight_column
+  return {'cvr': column} if column else {}
 
 
 def build_esmm(config: PipelineConfig, cardinalities: Mapping[str, int],
