@@ -1,5 +1,6 @@
 """Faults: a run killed during training resumes from ML Metadata's cache and pushes once."""
 
+import dataclasses
 import glob
 import os
 import signal
@@ -36,6 +37,11 @@ def test_run_killed_during_training_resumes_from_cache_and_pushes_once(e2e_run, 
   # empty push directory.
   config = e2e_run['config'].with_overrides(serving={'push_dir': str(root / 'serving-new')},
                                             training={'train_steps': 600})
+  # 600 steps (long enough to kill the run mid-training) over this small log's ~1,300 clicked
+  # training rows overfit dwell (eval RMSE ~43 s, train ~11 s): its threshold is not what
+  # this test is about.
+  config = dataclasses.replace(config, tasks=tuple(
+      dataclasses.replace(t, thresholds={}) if t.name == 'dwell' else t for t in config.tasks))
   config_path = root / 'config.json'
   config_path.write_text(config.to_json())
   run_dir = root / 'run'

@@ -34,19 +34,22 @@ def test_eval_config_has_one_metrics_spec_per_task_with_its_thresholds():
   config = sample_config()
   eval_config = build_eval_config(config)
   [model_spec] = eval_config.model_specs
-  # every task's output, and the sample config's ranking score against the click label
+  # every task's output, and the sample config's ranking score against the conversion label
   assert dict(model_spec.label_keys) == {'click': 'click', 'conversion': 'conversion',
-                                         'dwell': 'dwell_seconds', 'score': 'click'}
+                                         'dwell': 'dwell_seconds', 'score': 'conversion'}
+  # conversion and dwell on their space (after a click); click and the score on every row
+  assert dict(model_spec.example_weight_keys) == {'conversion': 'conversion__weight',
+                                                  'dwell': 'dwell__weight'}
   specs = {tuple(s.output_names): s for s in eval_config.metrics_specs if not s.query_key}
   assert set(specs) == {('click',), ('conversion',), ('dwell',), ('score',)}
   assert {m.class_name for m in specs[('score',)].metrics} == {
       'ExampleCount', 'AUC', 'MeanPrediction', 'MeanLabel'}
-  # NDCG@10 per user: its own spec, grouped by the query key, the click label as the gains
+  # NDCG@10 per user: its own spec, grouped by the query key, the score's label as the gains
   [ranking] = [s for s in eval_config.metrics_specs if s.query_key]
   assert ranking.query_key == 'user_id' and list(ranking.output_names) == ['score']
   [ndcg] = ranking.metrics
   assert ndcg.class_name == 'NDCG'
-  assert json.loads(ndcg.config) == {'gain_key': 'click', 'top_k_list': [10]}
+  assert json.loads(ndcg.config) == {'gain_key': 'conversion', 'top_k_list': [10]}
   click = {m.class_name: m for m in specs[('click',)].metrics}
   assert overall_threshold(click['AUC']).value_threshold.lower_bound.value == 0.6
   assert overall_threshold(click['Calibration']).value_threshold.upper_bound.value == 1.3

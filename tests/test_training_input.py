@@ -72,7 +72,9 @@ def test_training_input_is_deterministic_and_loses_no_record(records, small_bloc
   assert all(len(batch) == BATCH for batch in first)
   features, labels = next(iter(run.make_dataset(pattern, transform_output, config, BATCH)))
   assert set(features) == {f.name for f in config.features}
-  assert set(labels) == {t.label for t in config.tasks}
+  # the labels, and the example weight of each task on a space
+  assert set(labels) == {t.label for t in config.tasks} | {
+      t.weight_column for t in config.tasks if t.weight_column}
   counts = collections.Counter(i for batch in first for i in batch)
   assert set(counts) == set(range(NUM_RECORDS))
   # Blocks are shuffled through a buffer of run.SHUFFLE_BLOCKS, so one block may come an epoch

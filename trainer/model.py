@@ -1,10 +1,11 @@
 """The training wrapper: a network, its loss weighting, and one optimizer per parameter group.
 
 `MultiTaskModel.train_step` computes each task's loss (its weighted mean over the rows of its
-space, tasks[].space and tasks[].weight; a batch without such rows adds nothing), combines them (uncertainty weighting by
-default), takes one gradient of the total, and lets each group's optimizer apply its own slice:
-the trunk's optimizer the embeddings and shared layers, each head's optimizer that head, and the
-loss-weights optimizer the log-variances. Only `network` is exported for serving.
+space, tasks[].space and tasks[].weight; a batch without such rows adds nothing), combines them
+(uncertainty weighting by default), takes one gradient of the total, and lets each group's
+optimizer apply its own slice: the trunk's optimizer the embeddings and shared layers, each
+head's optimizer that head, and the loss-weights optimizer the log-variances. Only `network` is
+exported for serving.
 
 With GradNorm or PCGrad (trainer/balancing.py) the step needs each task's own gradient on the
 trunk: it takes one gradient per task for the trunk and one of the total for the other groups,
