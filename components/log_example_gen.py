@@ -547,8 +547,9 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         _SPILL_URI: spill_uri,
         _NUM_BUCKETS: spill.buckets_for(_estimated_input_bytes(exec_properties),
                                         SPILL_BYTES_PER_BUCKET)})
+    config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
     try:
-      by_split = self._write_examples(examples, exec_properties)
+      by_split = self._write_examples(examples, exec_properties, config)
     finally:
       if tf.io.gfile.exists(spill_uri):
         tf.io.gfile.rmtree(spill_uri)
@@ -566,7 +567,6 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     quarantine.set_int_custom_property('num_empty_files', counts['num_empty_files'])
     quarantine.set_string_custom_property('unknown_fields', json.dumps(counts['unknown_fields']))
     counts['examples_by_split'] = {name: split['count'] for name, split in by_split.items()}
-    config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
     counts['task_rows_by_split'] = task_rows_by_split(by_split, config)
     quarantine.set_string_custom_property('examples_by_split',
                                           json.dumps(counts['examples_by_split']))
@@ -600,13 +600,14 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
           f'(data.max_rejected_fraction={config.data.max_rejected_fraction:.2%} let the '
           'ingestion pass). Nothing to train on; the run stops before StatisticsGen and '
           f'Transform. Quarantined records: {_preserve(quarantine.uri)}')
-    message = empty_split_message(by_split, config) or empty_space_message(by_split, config)
+    message = (empty_split_message(by_split, config) or
+               empty_space_message(by_split, counts['task_rows_by_split'], config))
     if message:
       raise RuntimeError(message)
 
 
-  def _write_examples(self, examples: List[types.Artifact],
-                      exec_properties: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+  def _write_examples(self, examples: List[types.Artifact], exec_properties: Dict[str, Any],
+                      config: PipelineConfig) -> Dict[str, Dict[str, Any]]:
     """BaseExampleGenExecutor.Do, but each split is put in random order by `spill.Shuffle`
     instead of TFX's WriteSplit, whose Reshuffle the local DirectRunner holds in memory whole
     (see components/spill.py). Same files: `Split-<name>/data_tfrecord-*.gz`.
@@ -626,7 +627,6 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     share = {split.name: split.hash_buckets for split in output_config.split_config.splits}
     split_key = output_config.split_config.partition_feature_name
     counts_uri = os.path.join(exec_properties[_SPILL_URI], _SPLIT_COUNTS_DIR)
-    config = PipelineConfig.from_json(exec_properties[PIPELINE_CONFIG_KEY])
     weight_columns = {t.name: t.weight_column for t in config.tasks if t.weight_column}
     with self._make_beam_pipeline() as pipeline:
       for name, split in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
@@ -720,22 +720,17 @@ def task_rows_by_split(by_split: Dict[str, Dict[str, Any]], config: PipelineConf
                    for name, split in by_split.items()} for t in config.tasks}
 
 
-def empty_space_message(by_split: Dict[str, Dict[str, Any]],
+def empty_space_message(by_split: Dict[str, Dict[str, Any]], rows: Dict[str, Dict[str, int]],
                         config: PipelineConfig) -> Optional[str]:
   """Why a task cannot be trained or evaluated: its space has no example (with a positive
-  weight) in a split; None when every task has some in every split."""
-  rows = task_rows_by_split(by_split, config)
+  weight) in a split (`rows`: `task_rows_by_split`); None when every task has some in every
+  split."""
   for task in config.tasks:
     for split, count in rows[task.name].items():
       if count == 0 and by_split[split]['count']:
-        where = ' and '.join(f'{name} == {value!r}' for name, value in
-                             (task.space.where.items() if task.space else ()))
-        space = ', '.join(part for part in (
-            where and f'where {where}',
-            task.space and task.space.label_present and f'{task.label} present',
-            task.weight and f'{task.weight} > 0') if part)
         return (f'Task {task.name!r} has no example in the {split} split: none of its '
-                f'{by_split[split]["count"]} examples is in its space ({space}), so it can be '
+                f'{by_split[split]["count"]} examples is in its space (where '
+                f'{task.space_text}), so it can be '
                 f'neither {"trained" if split == "train" else "evaluated"}. Check tasks[].space '
                 'and tasks[].weight against the logs. The run stops before StatisticsGen and '
                 'Transform.')

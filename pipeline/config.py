@@ -288,6 +288,20 @@ class TaskConfig:
     weight (`WEIGHT_SUFFIX`); None: every row weighs 1."""
     return f'{self.name}{WEIGHT_SUFFIX}' if self.space or self.weight else None
 
+  @property
+  def space_text(self) -> Optional[str]:
+    """Where the task is defined, as text ('click == 1 and conversion present, weighted by
+    w'); None for every row."""
+    parts = []
+    if self.space is not None:
+      parts += [f'{name} == {value!r}' for name, value in self.space.where.items()]
+      if self.space.label_present:
+        parts.append(f'{self.label} present')
+    text = ' and '.join(parts) or None
+    if self.weight:
+      text = f'{text or "every row"}, weighted by {self.weight}'
+    return text
+
   @staticmethod
   def schema_conditions() -> List[Dict[str, Any]]:
     """check()'s rule on metric names, for the JSON Schema."""

@@ -119,7 +119,10 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   Slices (`evaluation.slices`) are computed for every metric; thresholds apply to the overall
   slice. The ranking score (`serving.score`) is one more output, with its label and its own
   specs (`_score_specs`). A task with a space is evaluated on its space's rows alone: its
-  output's example weight is the column ingestion wrote (`evaluation_weights`).
+  output's example weight is the column ingestion wrote (`trainer.models.output_weights`), so
+  the rows outside (weight 0) count in none of its metrics, `example_count` included (it sums
+  the weights). The ranking score ranks every impression and is evaluated on all of them, its
+  label reading 0 where its task's label is absent (as ingestion writes it).
   """
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(
@@ -128,7 +131,7 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
           label_keys={**output_labels(config),
                       **({config.serving.score.name: score_label(config)}
                          if config.serving.score else {})},
-          example_weight_keys=evaluation_weights(config))],
+          example_weight_keys=output_weights(config))],
       slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=list(names))
                                              for names in config.evaluation.slices],
       metrics_specs=[
@@ -142,20 +145,11 @@ def build_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
       ] + _esmm_cvr_specs(config) + _score_specs(config))
 
 
-def evaluation_weights(config: PipelineConfig) -> Dict[str, str]:
-  """{output: example weight column} for the outputs evaluated on part of the rows (a task's
-  space, `trainer.models.output_weights`): TFMA weighs each example by it, so the rows outside
-  the space (weight 0) count in none of the metrics, `example_count` included (it sums the
-  weights). The ranking score ranks every impression and is evaluated on all of them, its
-  label reading 0 where its task's label is absent (as ingestion writes it)."""
-  return output_weights(config)
-
-
 def _esmm_cvr_specs(config: PipelineConfig) -> List[tfma.MetricsSpec]:
   """ESMM with a space on its conversion task: its `cvr` output (pCVR after a click) is also
   evaluated, on that space, with the binary metrics and no gate (the conversion task's own
   output, pCTCVR, is judged on every impression)."""
-  if 'cvr' not in evaluation_weights(config):
+  if 'cvr' not in output_weights(config):
     return []
   return [tfma.MetricsSpec(
       output_names=['cvr'],

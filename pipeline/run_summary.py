@@ -284,7 +284,7 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
     tasks[task.name] = {
         'type': task.type,
         'label': task.label,
-        'space': _space_text(task),
+        'space': task.space_text,
         'rows': rows(task),
         **judged(task.name, task.thresholds, regression_tolerances(task)),
         'sigma': learned.get('sigma'),
@@ -344,20 +344,6 @@ def build_summary(config: PipelineConfig, store: metadata_store.MetadataStore) -
                           if artifact is not None}
   summary['total_wall_seconds'] = round(sum(n['seconds'] for n in nodes.values()), 2)
   return finite(summary)
-
-
-def _space_text(task: TaskConfig) -> Optional[str]:
-  """Where the task is defined, as text ('click == 1 and conversion present, weighted by w');
-  None for every row."""
-  parts = []
-  if task.space is not None:
-    parts += [f'{name} == {value!r}' for name, value in task.space.where.items()]
-    if task.space.label_present:
-      parts.append(f'{task.label} present')
-  text = ' and '.join(parts) or None
-  if task.weight:
-    text = f'{text or "every row"}, weighted by {task.weight}'
-  return text
 
 
 def finite(value: Any) -> Any:
